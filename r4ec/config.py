@@ -1,0 +1,128 @@
+"""One typed settings object: the only place defaults live.
+
+Values come, highest precedence first, from keyword arguments, `R4EC_*` environment variables
+(e.g. `R4EC_DATASET=ml-1m`, `R4EC_DATA_DIR=/data/r4ec`), a TOML file (`r4ec.toml` in the working
+directory, or the path in `R4EC_CONFIG`), and the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+Dataset = Literal["ml-100k", "ml-1m", "amazon-books-2018"]
+Domain = Literal["movies", "books"]
+
+DOMAINS: dict[str, Domain] = {"ml-100k": "movies", "ml-1m": "movies", "amazon-books-2018": "books"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R4EC_", extra="forbid", frozen=True)
+
+    # where things are
+    data_dir: Path = Field(Path("data"), description="Root of raw tables, marts and the dbt warehouse.")
+    dataset: Dataset = Field("ml-100k", description="Which dataset the pipeline runs on.")
+    source_path: Path | None = Field(
+        None, description="Folder holding the original files of ml-1m or amazon-books-2018 (ml-100k is fetched)."
+    )
+
+    # the paper's protocol (DESIGN §3)
+    protocol: Literal["r4ec", "kar"] = Field("r4ec", description="r4ec: per-user time split; kar: split by user.")
+    llm_history_length: int = Field(11, ge=1, description="Leading interactions per user that only feed the LLM.")
+    train_fraction: float = Field(0.8, gt=0, lt=1, description="split = floor(train_fraction * n) per user.")
+    history_length: int = Field(10, ge=1, description="K: behaviour history of a CTR sample.")
+    prompt_history_length: int = Field(10, ge=1, description="Interactions shown in a user prompt.")
+    valid_strategy: Literal["last", "fraction"] = Field(
+        "last", description="last: each user's last train position; fraction: a seeded share of train samples."
+    )
+    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    kar_test_user_fraction: float = Field(0.1, gt=0, lt=1, description="KAR protocol: share of users held out.")
+    kar_history_cap: int | None = Field(None, ge=1, description="KAR protocol: LLM history cap (30 movies, 15 books).")
+    positive_threshold: float | None = Field(None, description="Label = rating > this (3 movies, 4 books).")
+
+    # dataset filters
+    amazon_min_user_interactions: int = Field(60, ge=1)
+    amazon_min_item_interactions: int = Field(40, ge=1)
+
+    seed: int = Field(42, description="Seed of every random choice (validation hold-out, KAR user split).")
+    dbt_project_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "dbt", description="The dbt-duckdb project that builds the marts."
+    )
+    dbt_threads: int = Field(2, ge=1)
+    download_timeout_s: float = Field(10.0, gt=0, description="Timeout of the GroupLens download attempt.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("R4EC_CONFIG", "r4ec.toml"))
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+
+    @model_validator(mode="after")
+    def _source_path_given_where_needed(self) -> Settings:
+        if self.dataset != "ml-100k" and self.source_path is not None and not self.source_path.is_dir():
+            raise ValueError(f"source_path {self.source_path} is not a folder")
+        return self
+
+    # derived values: never stored, so they cannot disagree with the fields above
+    @property
+    def domain(self) -> Domain:
+        return DOMAINS[self.dataset]
+
+    @property
+    def label_threshold(self) -> float:
+        if self.positive_threshold is not None:
+            return self.positive_threshold
+        return 3.0 if self.domain == "movies" else 4.0
+
+    @property
+    def kar_history_limit(self) -> int:
+        if self.kar_history_cap is not None:
+            return self.kar_history_cap
+        return 30 if self.domain == "movies" else 15
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir.resolve() / "raw" / self.dataset
+
+    @property
+    def marts_dir(self) -> Path:
+        return self.data_dir.resolve() / "marts" / self.dataset
+
+    @property
+    def warehouse_path(self) -> Path:
+        """dbt's own DuckDB file; everyone else reads the exported parquet (DuckDB files take a lock)."""
+        return self.data_dir.resolve() / "warehouse" / f"{self.dataset}.duckdb"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.data_dir.resolve() / "downloads"
+
+    def dbt_vars(self) -> dict[str, object]:
+        """What the dbt project needs to know, passed as `--vars`."""
+        return {
+            "raw_dir": str(self.raw_dir),
+            "marts_dir": str(self.marts_dir),
+            "dataset": self.dataset,
+            "domain": self.domain,
+            "protocol": self.protocol,
+            "llm_history_length": self.llm_history_length,
+            "train_fraction": self.train_fraction,
+            "history_length": self.history_length,
+            "prompt_history_length": self.prompt_history_length,
+            "valid_strategy": self.valid_strategy,
+            "valid_fraction": self.valid_fraction,
+            "kar_test_user_fraction": self.kar_test_user_fraction,
+            "kar_history_limit": self.kar_history_limit,
+            "positive_threshold": self.label_threshold,
+            "seed": self.seed,
+        }

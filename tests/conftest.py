@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from r4ec.config import Settings
+from r4ec.data import load_dataset
+from r4ec.marts import build_marts
+from tests.sample_files import write_amazon, write_ml1m
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch, tmp_path):
+    """No test reads the developer's r4ec.toml or R4EC_* variables."""
+    for name in list(__import__("os").environ):
+        if name.startswith("R4EC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("R4EC_CONFIG", str(tmp_path / "absent.toml"))
+
+
+@pytest.fixture(scope="session")
+def downloads(tmp_path_factory) -> Path:
+    """One download of RecBole's wheel for the whole session."""
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="session")
+def ml100k(tmp_path_factory, downloads) -> Settings:
+    """The real ml-100k, loaded and built through dbt once per session."""
+    root = tmp_path_factory.mktemp("ml100k")
+    (root / "downloads").symlink_to(downloads, target_is_directory=True)
+    settings = Settings(data_dir=root, download_timeout_s=2)
+    load_dataset(settings)
+    build_marts(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def ml1m_files(tmp_path_factory) -> tuple[Path, list[tuple]]:
+    folder = tmp_path_factory.mktemp("ml-1m-files")
+    return folder, write_ml1m(folder)
+
+
+@pytest.fixture(scope="session")
+def ml1m(tmp_path_factory, ml1m_files) -> Settings:
+    """The small ML-1M-format files, loaded and built through dbt."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("ml1m"), dataset="ml-1m", source_path=ml1m_files[0])
+    load_dataset(settings)
+    build_marts(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def amazon_files(tmp_path_factory) -> tuple[Path, list[tuple]]:
+    folder = tmp_path_factory.mktemp("amazon-files")
+    return folder, write_amazon(folder)
+
+
+def amazon_settings(data_dir: Path, source: Path, **overrides) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        dataset="amazon-books-2018",
+        source_path=source,
+        amazon_min_user_interactions=5,
+        amazon_min_item_interactions=4,
+        **overrides,
+    )

@@ -1,0 +1,75 @@
+"""Small files in the original formats of ml-1m and Amazon Books 2018, written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
+DAY = 86_400
+START = 978_300_000  # Dec 2000, like ml-1m
+
+
+def write_ml1m(folder: Path, n_users: int = 24, n_items: int = 60, seed: int = 7) -> list[tuple]:
+    """ratings.dat grouped by user and shuffled within a user, like the original; several ratings share a day
+    and their raw timestamps disagree with file order, which the day-truncated ordering must respect.
+    Returns the rating tuples (user, item, rating, timestamp) in file order."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings = []
+    for user in range(1, n_users + 1):
+        n = rng.randint(14, 40)
+        days = sorted(rng.randint(0, 60) for _ in range(n))
+        rows = [
+            (user, item, rng.randint(1, 5), START + day * DAY + rng.randint(0, DAY - 1))
+            for item, day in zip(rng.sample(range(1, n_items + 1), n), days)
+        ]
+        rng.shuffle(rows)
+        ratings += rows
+    lines = [f"{u}::{i}::{r}::{t}" for u, i, r, t in ratings]
+    (folder / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    movies = [
+        f"{i}::Movie {i}{' é' if i % 7 == 0 else ''}{', The' if i % 5 == 0 else ''} ({1950 + i})::"
+        + "|".join(rng.sample(GENRES, rng.randint(1, 3)))
+        for i in range(1, n_items + 1)
+    ]
+    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    users = [
+        f"{u}::{'MF'[u % 2]}::{rng.choice([1, 18, 25, 35, 45, 50, 56])}::{u % 21}::{10000 + u}"
+        for u in range(1, n_users + 1)
+    ]
+    (folder / "users.dat").write_text("\n".join(users) + "\n", encoding="latin-1")
+    return ratings
+
+
+def write_amazon(folder: Path, n_users: int = 40, n_items: int = 30, seed: int = 3) -> list[tuple]:
+    """Books_5.json.gz and meta_Books.json.gz with a skewed activity, so a k-core takes several rounds.
+    Returns (reviewerID, asin, overall, unixReviewTime) in file order."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews = []
+    for user in range(n_users):
+        n = max(2, int(rng.paretovariate(1.2) * 3))
+        weights = [1 / (rank + 1) for rank in range(n_items)]
+        items = set(rng.choices(range(n_items), weights=weights, k=min(n, n_items)))
+        for item in items:
+            day = rng.randint(16_000, 16_400)
+            reviews.append((f"U{user:03d}", f"B{item:04d}X", float(rng.randint(1, 5)), day * DAY))
+    rng.shuffle(reviews)
+    with gzip.open(folder / "Books_5.json.gz", "wt", encoding="utf-8") as out:
+        for user, asin, overall, stamp in reviews:
+            record = {"overall": overall, "verified": True, "reviewerID": user, "asin": asin,
+                      "unixReviewTime": stamp, "reviewText": "Fine."}  # fmt: skip
+            out.write(json.dumps(record) + "\n")
+    with gzip.open(folder / "meta_Books.json.gz", "wt", encoding="utf-8") as out:
+        for item in range(n_items - 2):  # the last two items have no metadata
+            record = {
+                "asin": f"B{item:04d}X",
+                "title": f"Book {item}",
+                "brand": f"Author {item % 6}" if item % 4 else "",
+                "category": ["Books", ["Mystery", "History", "Science"][item % 3], "Sub"],
+            }
+            out.write(json.dumps(record) + "\n")
+    return reviews

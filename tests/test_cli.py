@@ -1,0 +1,44 @@
+import pyarrow.parquet as pq
+import pytest
+
+from r4ec.cli import build_parser, main
+
+
+def test_every_command_explains_itself(capsys):
+    for argv in (["--help"], ["data", "load", "--help"], ["marts", "build", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 0
+    assert "DATA_DIR/marts/DATASET" in capsys.readouterr().out
+
+
+def test_load_with_malformed_lines_ends_with_a_summary(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "ratings.dat").write_text("1::2::5::978300760\n1::2\n")
+    (tmp_path / "src" / "movies.dat").write_text("2::A (1990)::Drama\n")
+    (tmp_path / "src" / "users.dat").write_text("1::F::1::10::48067\n")
+    argv = ["data", "load", "--dataset", "ml-1m", "--source-path", str(tmp_path / "src"), "--data-dir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("ml-1m: 1 ratings, 1 items, 1 users written to")
+    assert "1 lines rejected (1 expected 4 fields, found 2; see rejects.parquet)" in out[-1]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main(["data", "load", "--dataset", "ml-1m", "--data-dir", str(tmp_path)]) == 2
+    assert main(["marts", "build", "--data-dir", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        "r4ec: error: ml-1m needs its files: pass --source-path (or set R4EC_SOURCE_PATH)",
+        f"r4ec: error: {tmp_path}/raw/ml-100k/ratings.parquet not found: run `r4ec data load` first",
+    ]
+
+
+@pytest.mark.integration
+def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, capsys):
+    (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
+    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ctr_samples: 89,627 rows" in out
+    assert str(tmp_path / "marts" / "ml-100k") in out
+    assert pq.read_metadata(tmp_path / "marts" / "ml-100k" / "ctr_samples.parquet").num_rows == 89_627

@@ -1,0 +1,42 @@
+import pytest
+from pydantic import ValidationError
+
+from r4ec.config import Settings
+
+
+def test_defaults_are_the_papers_protocol():
+    settings = Settings()
+    assert (settings.dataset, settings.protocol, settings.history_length, settings.llm_history_length) == (
+        "ml-100k", "r4ec", 10, 11,
+    )
+    assert settings.label_threshold == 3.0
+    assert settings.dbt_vars()["positive_threshold"] == 3.0
+
+
+def test_books_threshold_and_kar_cap_follow_the_domain():
+    settings = Settings(dataset="amazon-books-2018")
+    assert settings.label_threshold == 4.0
+    assert settings.kar_history_limit == 15
+    assert Settings(dataset="ml-1m").kar_history_limit == 30
+
+
+def test_environment_overrides_file_and_keywords_override_environment(tmp_path, monkeypatch):
+    config = tmp_path / "r4ec.toml"
+    config.write_text('dataset = "ml-1m"\nseed = 1\nhistory_length = 5\n')
+    monkeypatch.setenv("R4EC_CONFIG", str(config))
+    monkeypatch.setenv("R4EC_SEED", "2")
+    settings = Settings()
+    assert (settings.dataset, settings.seed, settings.history_length) == ("ml-1m", 2, 5)
+    assert Settings(seed=3).seed == 3
+
+
+def test_paths_derive_from_data_dir_and_dataset(tmp_path):
+    settings = Settings(data_dir=tmp_path, dataset="ml-1m")
+    assert settings.raw_dir == tmp_path / "raw" / "ml-1m"
+    assert settings.marts_dir == tmp_path / "marts" / "ml-1m"
+
+
+@pytest.mark.parametrize("bad", [{"dataset": "netflix"}, {"train_fraction": 1.5}, {"history_length": 0}, {"nope": 1}])
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        Settings(**bad)

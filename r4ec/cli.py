@@ -16,6 +16,9 @@ from r4ec.config import Settings
 log = logging.getLogger("r4ec")
 
 
+KNOWLEDGE_OPTIONS = ("backend", "model", "strategy", "rounds", "samples", "limit", "partition_size", "spark_master")
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from file and environment, overridden by whatever the command line names."""
     overrides = {
@@ -23,6 +26,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         for name in ("data_dir", "dataset", "source_path", "protocol", "seed")
         if getattr(args, name, None) is not None
     }
+    knowledge = {name: getattr(args, name) for name in KNOWLEDGE_OPTIONS if getattr(args, name, None) is not None}
+    if knowledge:
+        overrides["knowledge"] = knowledge
     return Settings(**overrides)
 
 
@@ -40,6 +46,35 @@ def cmd_marts_build(args: argparse.Namespace) -> None:
 
 def cmd_marts_vars(args: argparse.Namespace) -> None:
     print(json.dumps(_settings(args).dbt_vars()))
+
+
+def cmd_knowledge_generate(args: argparse.Namespace) -> None:
+    from r4ec.knowledge.job import generate_knowledge
+
+    settings = _settings(args)
+    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
+        print(generate_knowledge(settings, entity, overwrite=args.overwrite).line())
+
+
+def cmd_knowledge_report(args: argparse.Namespace) -> None:
+    from r4ec.knowledge.job import output_dir
+    from r4ec.knowledge.report import knowledge_report
+
+    settings = _settings(args)
+    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
+        print(knowledge_report(output_dir(settings, entity), entity, args.examples))
+
+
+def cmd_knowledge_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from r4ec.knowledge.backends import TransformersBackend
+    from r4ec.knowledge.serve import create_app
+
+    settings = _settings(args)
+    k = settings.knowledge
+    backend = TransformersBackend(k.model, settings.models_dir, k.dtype, batch_size=1)
+    uvicorn.run(create_app(backend, args.served_name or k.model), host=args.host, port=args.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -68,6 +103,19 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--source-path", type=Path, help="folder with the original files (ml-1m, amazon-books-2018)")
     group.add_argument("--protocol", choices=["r4ec", "kar"], help="sample split protocol (default: r4ec)")
     group.add_argument("--seed", type=int, help="seed of every random choice (default: 42)")
+
+
+def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("knowledge (override R4EC_KNOWLEDGE__* and the [knowledge] table of r4ec.toml)")
+    group.add_argument("--entity", choices=["user", "item", "both"], default="both", help="default: both")
+    group.add_argument("--strategy", choices=["single", "iterative", "filter"], help="default: iterative")
+    group.add_argument("--rounds", type=int, help="reflect/refine rounds of the iterative strategy (default: 1)")
+    group.add_argument("--samples", type=int, help="k answers of the filter strategy (default: 3)")
+    group.add_argument("--limit", type=int, help="a seeded sample of this many entities (default: all)")
+    group.add_argument("--partition-size", type=int, help="entities per Spark task and output part (default: 25)")
+    group.add_argument("--backend", choices=["transformers", "vllm", "openai"], help="default: transformers")
+    group.add_argument("--model", help="smollm2-135m-instruct (default), a local model folder, or a served name")
+    group.add_argument("--spark-master", help="default: local[*]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
     command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.")
 
+    knowledge = stages.add_parser("knowledge", help="LLM knowledge: reason, reflect, refine").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    generate = command(
+        knowledge,
+        "generate",
+        cmd_knowledge_generate,
+        "Generate user or item knowledge with the actor/reflector loop as a Spark job, one parquet part per "
+        "partition under DATA_DIR/knowledge/DATASET/STRATEGY/ENTITY_knowledge; a killed run resumes.",
+    )
+    _add_knowledge_options(generate)
+    generate.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+    report = command(knowledge, "report", cmd_knowledge_report, "Summarise a knowledge run and show answer chains.")
+    _add_knowledge_options(report)
+    report.add_argument("--examples", type=int, default=2, help="answer chains to show (default: 2)")
+
+    serve = command(
+        knowledge,
+        "serve",
+        cmd_knowledge_serve,
+        "Serve the configured transformers model as an OpenAI-compatible chat endpoint (for the openai backend).",
+    )
+    serve.add_argument("--model", help="smollm2-135m-instruct (default) or a local model folder")
+    serve.add_argument("--served-name", help="the model name clients ask for (default: --model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
     command(stages, "demo", cmd_demo, "Run every stage in order on the configured dataset and print what came out.")
     return parser
 
@@ -119,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from r4ec.data import DataError
+    from r4ec.knowledge.backends import BackendError
+    from r4ec.knowledge.job import KnowledgeError
     from r4ec.marts import MartsError
 
     try:
         args.func(args)
-    except (DataError, MartsError) as error:
+    except (DataError, MartsError, KnowledgeError, BackendError) as error:
         print(f"r4ec: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:

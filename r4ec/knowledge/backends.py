@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import random
 import shutil
 import threading
@@ -27,11 +28,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 320
+    max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 0.95
     repetition_penalty: float = 1.1
     seed: int = 42
+    prefix: str = ""  # the reply starts with this (e.g. an opening tag): keeps small models in the format
+    stop: tuple[str, ...] = ()  # end the reply after any of these (e.g. a closing tag); kept in the text
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class BackendError(Exception):
     """A backend cannot run (a missing package, a model that cannot be found); one line for the user."""
 
 
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The text up to and including the first stop string (a stopped batch-mate may run a few tokens past it)."""
+    ends = [text.find(s) + len(s) for s in stop if s in text]
+    return text[: min(ends)] if ends else text
+
+
 # ---- transformers ----------------------------------------------------------------------------------------------------
 
 
@@ -83,12 +92,20 @@ def smollm2_checkpoint(cache_dir: Path, dtype: str) -> Path:
     source = Path(spec.origin).parent
     log.info("converting %s to a %s safetensors copy in %s (once)", SMOLLM2_GGUF, dtype, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=getattr(torch, dtype))
-    partial = target.with_name(target.name + ".partial")
+    gguf = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=getattr(torch, dtype))
+    # transformers will not save a model it loaded from GGUF: move the de-quantized weights to a plain one
+    config = gguf.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.load_state_dict(gguf.state_dict())
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -132,12 +149,13 @@ class TransformersBackend:
         )
         self.batch_size = batch_size
 
-    def _prompt(self, request: Request) -> str:
-        return self.tokenizer.apply_chat_template(request.as_chat(), tokenize=False, add_generation_prompt=True)
+    def _prompt(self, request: Request, prefix: str) -> str:
+        chat = self.tokenizer.apply_chat_template(request.as_chat(), tokenize=False, add_generation_prompt=True)
+        return chat + prefix
 
     def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
-        prompts = [self._prompt(r) for r in requests]
+        prompts = [self._prompt(r, config.prefix) for r in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
         by_adapter: dict[str | None, list[int]] = {}
         for index, request in enumerate(requests):
@@ -161,6 +179,8 @@ class TransformersBackend:
         sampling = config.temperature > 0
         options = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens,
                    "repetition_penalty": config.repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id}  # fmt: skip
+        if config.stop:
+            options.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
         if sampling:
             options.update(temperature=config.temperature, top_p=config.top_p)
             torch.manual_seed(config.seed)
@@ -172,11 +192,12 @@ class TransformersBackend:
         with torch.inference_mode(), no_adapter:
             output = self.model.generate(**encoded, **options)
         new_tokens = output[:, encoded.input_ids.shape[1] :]
+        enders = torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id])
         generations = []
         for row, prompt_mask in zip(new_tokens, encoded.attention_mask):
-            ended = (row == self.tokenizer.eos_token_id).nonzero()
+            ended = torch.isin(row, enders).nonzero()
             length = int(ended[0]) + 1 if len(ended) else len(row)
-            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            text = cut_at_stop(config.prefix + self.tokenizer.decode(row[:length], skip_special_tokens=True), config.stop)
             generations.append(Generation(text.strip(), int(prompt_mask.sum()), length))
         return generations
 
@@ -207,13 +228,20 @@ class VllmBackend:
                 top_p=config.top_p if config.temperature > 0 else 1.0,
                 repetition_penalty=config.repetition_penalty,
                 seed=config.seed + r.sample,
+                stop=list(config.stop) or None,
+                include_stop_str_in_output=True,
             )
             for r in requests
         ]
         loras = [LoRARequest(r.adapter, *self.adapters[r.adapter]) if r.adapter else None for r in requests]
-        outputs = self.llm.chat([r.as_chat() for r in requests], params, lora_request=loras, use_tqdm=False)
+        prefill = [{"role": "assistant", "content": config.prefix}] if config.prefix else []
+        outputs = self.llm.chat(
+            [r.as_chat() + prefill for r in requests], params, lora_request=loras, use_tqdm=False,
+            add_generation_prompt=not prefill, continue_final_message=bool(prefill),
+        )  # fmt: skip
         return [
-            Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs
+            Generation((config.prefix + o.outputs[0].text).strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+            for o in outputs
         ]
 
 
@@ -258,6 +286,11 @@ class OpenAIBackend:
             "top_p": config.top_p,
             "seed": config.seed + request.sample,
         }
+        if config.stop:
+            body["stop"] = list(config.stop)
+        if config.prefix:  # vLLM's way to continue a started reply; disable `prefill` for other servers
+            body["messages"].append({"role": "assistant", "content": config.prefix})
+            body.update(add_generation_prompt=False, continue_final_message=True)
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._client().post("/chat/completions", json=body)
@@ -265,7 +298,7 @@ class OpenAIBackend:
                 failure = f"{type(error).__name__}: {error}"
             else:
                 if response.status_code != 429 and response.status_code < 500:
-                    return self._parse(response)
+                    return self._parse(response, config)
                 failure = f"HTTP {response.status_code}"
             if attempt == self.max_retries:
                 raise BackendError(f"{self.base_url}: {failure} after {attempt + 1} attempts")
@@ -274,14 +307,36 @@ class OpenAIBackend:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _parse(self, response) -> Generation:
+    def _parse(self, response, config: GenerationConfig) -> Generation:
         if response.is_error:  # a client error (bad model name, bad request): retrying will not help
             raise BackendError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:200]}")
         payload = response.json()
         usage = payload.get("usage") or {}
         text = payload["choices"][0]["message"]["content"] or ""
+        if config.prefix and not text.lstrip().startswith(config.prefix.strip()):
+            text = config.prefix + text
+        text = cut_at_stop(text, config.stop)
         return Generation(text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
 
     def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda r: self._one(r, config), requests))
+
+
+def adapter_names(knowledge) -> tuple[str | None, str | None]:
+    """The adapter names the loop asks for: 'actor' / 'reflector' where a folder is configured, else the base."""
+    return ("actor" if knowledge.actor_adapter else None, "reflector" if knowledge.reflector_adapter else None)
+
+
+def build_backend(settings, threads: int | None = None) -> Backend:
+    """The configured backend (`settings.knowledge`), without the cache."""
+    knowledge = settings.knowledge
+    adapters = {name: path for name, path in (("actor", knowledge.actor_adapter), ("reflector", knowledge.reflector_adapter)) if path}
+    if knowledge.backend == "transformers":
+        return TransformersBackend(knowledge.model, settings.models_dir, knowledge.dtype, knowledge.batch_size, adapters, threads)
+    if knowledge.backend == "vllm":
+        return VllmBackend(knowledge.model, adapters, knowledge.dtype)
+    return OpenAIBackend(
+        knowledge.openai_base_url, knowledge.model, knowledge.openai_api_key, knowledge.openai_timeout_s,
+        knowledge.openai_max_retries, knowledge.openai_concurrency,
+    )  # fmt: skip

@@ -37,6 +37,21 @@ class LoopConfig:
     reflector_adapter: str | None = None
     generation: GenerationConfig = GenerationConfig()
     sampling_temperature: float = 0.8  # the filter strategy's k answers
+    prefill: bool = True  # start each reply with its opening tag and stop at its closing tag
+
+    def _step(self, opening: str, closing: str, temperature: float | None = None) -> GenerationConfig:
+        config = self.generation if temperature is None else replace(self.generation, temperature=temperature)
+        return replace(config, prefix=f"<{opening}>", stop=(f"</{closing}>",)) if self.prefill else config
+
+    def reason_generation(self) -> GenerationConfig:
+        tag = prompts.ANSWER_TAG[self.entity]
+        return self._step(tag, tag, self.sampling_temperature if self.strategy == "filter" else None)
+
+    def reflect_generation(self) -> GenerationConfig:
+        return self._step("judgement", "reflection")
+
+    def refine_generation(self) -> GenerationConfig:
+        return self._step("refined", "refined")
 
 
 @dataclass
@@ -53,6 +68,8 @@ class Chain:
     refinements: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    llm_calls: int = 0  # replies generated now, not read from the cache
+    generated_tokens: int = 0  # tokens_out of those
 
     @property
     def knowledge(self) -> str:
@@ -83,6 +100,9 @@ def _ask(
             chain.replies.append({"step": step + (" (strict)" if strict else ""), "reply": generation.text})
             chain.tokens_in += generation.tokens_in
             chain.tokens_out += generation.tokens_out
+            if not generation.cached:
+                chain.llm_calls += 1
+                chain.generated_tokens += generation.tokens_out
             parsed = parse(generation.text)
             results[i] = (parsed, generation.text)
             if parsed is None:
@@ -95,13 +115,10 @@ def _ask(
 
 def _reason(backend: Backend, chains: list[Chain], cfg: LoopConfig, sample: int = 0) -> list[str]:
     tag = prompts.ANSWER_TAG[cfg.entity]
-    config = cfg.generation
-    if cfg.strategy == "filter":
-        config = replace(config, temperature=cfg.sampling_temperature)
     results = _ask(
         backend, chains, f"reason-{sample + 1}" if cfg.strategy == "filter" else "reason", "reason",
         lambda c, strict: prompts.reason_prompt(cfg.entity, cfg.domain, c.inputs, strict=strict),
-        lambda reply: parse_answer(reply, tag), cfg.actor_adapter, config, sample,
+        lambda reply: parse_answer(reply, tag), cfg.actor_adapter, cfg.reason_generation(), sample,
     )  # fmt: skip
     return [parsed if parsed is not None else clip_words(reply) for parsed, reply in results]
 
@@ -117,7 +134,7 @@ def _reflect(backend: Backend, chains: list[Chain], answers: list[str], cfg: Loo
     results = _ask(
         backend, chains, step, "reflect",
         lambda c, strict: prompts.reflect_prompt(cfg.entity, cfg.domain, c.inputs, by_chain[id(c)], strict=strict),
-        parse, cfg.reflector_adapter, cfg.generation,
+        parse, cfg.reflector_adapter, cfg.reflect_generation(),
     )  # fmt: skip
     judged = []
     for chain, (parsed, _) in zip(chains, results):
@@ -135,7 +152,7 @@ def _refine(backend: Backend, chains: list[Chain], feedback: list[str | None], c
         lambda c, strict: prompts.refine_prompt(
             cfg.entity, cfg.domain, c.inputs, c.answers[-1], notes[id(c)], strict=strict
         ),
-        lambda reply: parse_answer(reply, "refined"), cfg.actor_adapter, cfg.generation,
+        lambda reply: parse_answer(reply, "refined"), cfg.actor_adapter, cfg.refine_generation(),
     )  # fmt: skip
     for chain, (parsed, _) in zip(chains, results):
         chain.answers.append(parsed if parsed is not None else chain.answers[-1])

@@ -1,0 +1,263 @@
+"""Generate user or item knowledge as a Spark job (DESIGN §4).
+
+The entities are cut into parts of `partition_size`; each Spark task loads the model once per worker process,
+runs the loop on its part in batches and writes `part-NNNNN.parquet` when it is done (written under a temporary
+name, then renamed). A killed run resumes: parts already on disk are skipped. A `_manifest.json` records the
+settings that decide the answers; a run with different ones is refused unless asked to overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from r4ec.config import Settings
+from r4ec.data.tables import write_parquet
+from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend, smollm2_checkpoint
+from r4ec.knowledge.cache import AnswerCache, CachedBackend
+from r4ec.knowledge.loop import Chain, LoopConfig, run_loop
+from r4ec.knowledge.prompts import PROMPT_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class KnowledgeError(Exception):
+    """The job cannot start (missing inputs, an output folder from other settings); one line for the user."""
+
+
+def output_schema(entity: str) -> pa.Schema:
+    strings = pa.list_(pa.string())
+    return pa.schema(
+        [
+            pa.field(f"{entity}_id", pa.string(), nullable=False),
+            pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),  # as-of time of the inputs
+            pa.field("knowledge", pa.string()),  # the final text
+            pa.field("answers", strings),  # the actor's answers: reason, then each refinement (filter: k samples)
+            pa.field("judgements", strings),  # reasonable / not reasonable / null (no verdict), per reflection
+            pa.field("reflections", strings),  # the reflector's feedback, per reflection
+            pa.field("kept_answers", strings),  # filter: the answers judged reasonable
+            pa.field("replies", pa.list_(pa.struct([("step", pa.string()), ("reply", pa.string())]))),
+            pa.field("parse_failures", strings),  # steps whose reply did not parse, even when asked strictly
+            pa.field("rounds_used", pa.int32()),  # refinements made
+            pa.field("strategy", pa.string()),
+            pa.field("model", pa.string()),
+            pa.field("actor_adapter", pa.string()),
+            pa.field("reflector_adapter", pa.string()),
+            pa.field("prompt_version", pa.string()),
+            pa.field("tokens_in", pa.int64()),
+            pa.field("tokens_out", pa.int64()),
+            pa.field("llm_calls", pa.int32()),  # replies generated in this run (not read from the cache)
+            pa.field("generated_tokens", pa.int64()),  # tokens_out of those
+            pa.field("part", pa.int32()),
+            pa.field("part_seconds", pa.float64()),  # wall time of the whole part, the same on each of its rows
+            pa.field("generated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def output_dir(settings: Settings, entity: str) -> Path:
+    return settings.knowledge_dir / settings.knowledge.strategy / f"{entity}_knowledge"
+
+
+def inputs_path(settings: Settings, entity: str) -> Path:
+    return settings.marts_dir / f"{entity}_prompt_inputs.parquet"
+
+
+def loop_config(settings: Settings, entity: str) -> LoopConfig:
+    k = settings.knowledge
+    actor, reflector = adapter_names(k)
+    generation = GenerationConfig(
+        max_new_tokens=k.max_new_tokens, repetition_penalty=k.repetition_penalty, seed=settings.seed
+    )
+    return LoopConfig(entity, settings.domain, k.strategy, k.rounds, k.samples, actor, reflector, generation,
+                      k.sampling_temperature, k.prefill)  # fmt: skip
+
+
+def manifest(settings: Settings, entity: str) -> dict:
+    """What decides the answers and the parts; a folder holds one such run."""
+    k = settings.knowledge
+    return {
+        "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
+        "samples": k.samples, "backend": k.backend, "model": k.model, "dtype": k.dtype,
+        "actor_adapter": str(k.actor_adapter) if k.actor_adapter else None,
+        "reflector_adapter": str(k.reflector_adapter) if k.reflector_adapter else None,
+        "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
+        "sampling_temperature": k.sampling_temperature, "prompt_version": PROMPT_VERSION,
+        "limit": k.limit, "partition_size": k.partition_size, "seed": settings.seed,
+    }  # fmt: skip
+
+
+def select_entities(ids: list[str], limit: int | None, seed: int) -> list[str]:
+    """All ids, or a seeded sample of `limit` of them, in their original order."""
+    if limit is None or limit >= len(ids):
+        return list(ids)
+    rank = {i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in ids}
+    chosen = set(sorted(ids, key=rank.__getitem__)[:limit])
+    return [i for i in ids if i in chosen]
+
+
+def part_path(out_dir: Path, part: int) -> Path:
+    return out_dir / f"part-{part:05d}.parquet"
+
+
+# ---- on a worker -----------------------------------------------------------------------------------------------------
+
+_WORKER_BACKENDS: dict[str, CachedBackend] = {}  # one loaded model per worker process
+
+
+def _worker_backend(settings: Settings, threads: int) -> CachedBackend:
+    key = settings.knowledge.model_dump_json() + str(settings.answer_cache_path)
+    if key not in _WORKER_BACKENDS:
+        _WORKER_BACKENDS[key] = CachedBackend(build_backend(settings, threads), AnswerCache(settings.answer_cache_path))
+    return _WORKER_BACKENDS[key]
+
+
+def _record(chain: Chain, entity: str, cfg: LoopConfig, model_id: str, settings: Settings) -> dict:
+    k = settings.knowledge
+    return {
+        f"{entity}_id": chain.inputs[f"{entity}_id"],
+        "event_timestamp": chain.inputs["event_timestamp"],
+        "knowledge": chain.knowledge,
+        "answers": chain.answers,
+        "judgements": chain.judgements,
+        "reflections": chain.reflections,
+        "kept_answers": chain.kept,
+        "replies": chain.replies,
+        "parse_failures": chain.parse_failures,
+        "rounds_used": chain.refinements,
+        "strategy": cfg.strategy,
+        "model": model_id,
+        "actor_adapter": str(k.actor_adapter) if k.actor_adapter else None,
+        "reflector_adapter": str(k.reflector_adapter) if k.reflector_adapter else None,
+        "prompt_version": PROMPT_VERSION,
+        "tokens_in": chain.tokens_in,
+        "tokens_out": chain.tokens_out,
+        "llm_calls": chain.llm_calls,
+        "generated_tokens": chain.generated_tokens,
+    }
+
+
+def run_part(spec: dict) -> dict:
+    """One Spark task: the loop over one part's entities, written as one parquet file."""
+    settings = Settings.model_validate_json(spec["settings"])
+    entity, part = spec["entity"], spec["part"]
+    backend = _worker_backend(settings, spec["threads"])
+    id_column = f"{entity}_id"
+    table = pq.read_table(inputs_path(settings, entity), filters=[(id_column, "in", spec["ids"])])
+    by_id = {row[id_column]: row for row in table.to_pylist()}
+    cfg = loop_config(settings, entity)
+    started = time.perf_counter()
+    chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg)
+    seconds = time.perf_counter() - started
+    now = datetime.now(timezone.utc)
+    records = [
+        {**_record(c, entity, cfg, backend.model_id, settings), "part": part, "part_seconds": seconds, "generated_at": now}
+        for c in chains
+    ]
+    write_parquet(pa.Table.from_pylist(records, schema=output_schema(entity)), part_path(Path(spec["out_dir"]), part))
+    return {"part": part, "entities": len(chains), "llm_calls": sum(c.llm_calls for c in chains), "seconds": seconds}
+
+
+# ---- on the driver ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobSummary:
+    entity: str
+    out_dir: Path
+    entities: int
+    parts: int
+    parts_run: int
+    llm_calls: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"{self.entity}_knowledge: {self.entities:,} entities in {self.parts} parts at {self.out_dir} "
+            f"({self.parts_run} parts run now, {self.llm_calls:,} LLM calls, {self.seconds:.0f}s)"
+        )
+
+
+def _prepare_output(out_dir: Path, wanted: dict, overwrite: bool) -> None:
+    path = out_dir / "_manifest.json"
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            if not overwrite:
+                changed = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+                raise KnowledgeError(
+                    f"{out_dir} holds a run with other settings ({', '.join(changed)}): pass --overwrite to replace it"
+                )
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2, sort_keys=True))
+    for leftover in out_dir.glob("*.partial"):  # a part a killed run was writing
+        leftover.unlink()
+
+
+def _run_with_progress(spark, specs: list[dict], out_dir: Path, entities: int) -> list[dict]:
+    """Run the Spark tasks in a thread while the driver shows a progress bar over the parts landing on disk."""
+    results: list[dict] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.extend(spark.sparkContext.parallelize(specs, len(specs)).map(run_part).collect())
+        except BaseException as error:  # re-raised on the driver's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    pending = {part_path(out_dir, s["part"]): len(s["ids"]) for s in specs}
+    with tqdm(total=entities, initial=entities - sum(pending.values()), desc=out_dir.name, unit=" entities") as bar:
+        while thread.is_alive() or pending:
+            for path in [p for p in pending if p.exists()]:
+                bar.update(pending.pop(path))
+            if not thread.is_alive():
+                break
+            thread.join(timeout=1.0)
+    if failure:
+        raise failure[0]
+    return results
+
+
+def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False) -> JobSummary:
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})  # workers may run elsewhere
+    source = inputs_path(settings, entity)
+    if not source.is_file():
+        raise KnowledgeError(f"{source} not found: run `r4ec marts build` first")
+    k = settings.knowledge
+    out_dir = output_dir(settings, entity)
+    _prepare_output(out_dir, manifest(settings, entity), overwrite)
+    ids = select_entities(pq.read_table(source, columns=[f"{entity}_id"]).column(0).to_pylist(), k.limit, settings.seed)
+    parts = [ids[start : start + k.partition_size] for start in range(0, len(ids), k.partition_size)]
+    todo = [n for n in range(len(parts)) if not part_path(out_dir, n).exists()]
+    log.info("%s knowledge: %d entities, %d parts, %d to run (%s, %s)", entity, len(ids), len(parts), len(todo), k.strategy, k.model)
+    started = time.perf_counter()
+    results: list[dict] = []
+    if todo and k.backend == "transformers" and k.model == SMOLLM2:
+        smollm2_checkpoint(settings.models_dir, k.dtype)  # convert once here, not in every worker at the same time
+    if todo:
+        from r4ec.spark import spark_session
+
+        spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
+        threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
+        common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}
+        specs = [{**common, "part": n, "ids": parts[n]} for n in todo]
+        results = _run_with_progress(spark, specs, out_dir, len(ids))
+    return JobSummary(
+        entity, out_dir, len(ids), len(parts), len(results), sum(r["llm_calls"] for r in results),
+        time.perf_counter() - started,
+    )  # fmt: skip

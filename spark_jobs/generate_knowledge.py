@@ -1,0 +1,13 @@
+"""spark-submit entry point: generate user or item knowledge (see r4ec/knowledge/job.py).
+
+    spark-submit spark_jobs/generate_knowledge.py --entity user --strategy iterative --rounds 1 --limit 50
+
+Settings not given here come from r4ec.toml and R4EC_* variables, as for the `r4ec` command.
+"""
+
+import sys
+
+from r4ec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["knowledge", "generate", *sys.argv[1:]]))

@@ -1,0 +1,115 @@
+"""The knowledge job on a real local Spark session with a tiny random transformers model, on real marts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from r4ec.config import Settings
+from r4ec.knowledge.job import KnowledgeError, generate_knowledge, output_dir, output_schema, select_entities
+from r4ec.knowledge.report import knowledge_report, summarize
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_for(ml1m: Settings, data_dir: Path, tiny_model: Path, **knowledge) -> Settings:
+    """The small ML-1M marts in a data_dir of the test's own, and a tiny model that writes 8 tokens a step."""
+    if not (data_dir / "marts").exists():
+        shutil.copytree(ml1m.marts_dir, data_dir / "marts" / "ml-1m")
+    options = {"model": str(tiny_model), "dtype": "float32", "max_new_tokens": 8, "partition_size": 4,
+               "limit": 10, "spark_master": "local[2]", **knowledge}  # fmt: skip
+    return Settings(data_dir=data_dir, dataset="ml-1m", knowledge=options)
+
+
+def read(settings: Settings, entity: str) -> list[dict]:
+    return ds.dataset(output_dir(settings, entity), format="parquet").to_table().to_pylist()
+
+
+def test_one_part_per_partition_each_entity_once(ml1m, tiny_model, tmp_path):
+    settings = settings_for(ml1m, tmp_path, tiny_model)
+    summary = generate_knowledge(settings, "user")
+    assert (summary.entities, summary.parts, summary.parts_run) == (10, 3, 3)
+    assert sorted(p.name for p in output_dir(settings, "user").glob("part-*")) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+    ]  # fmt: skip
+    rows = read(settings, "user")
+    inputs = {r["user_id"]: r for r in pq.read_table(settings.marts_dir / "user_prompt_inputs.parquet").to_pylist()}
+    assert sorted(r["user_id"] for r in rows) == sorted(select_entities(list(inputs), 10, settings.seed))
+    assert pq.read_schema(output_dir(settings, "user") / "part-00000.parquet").equals(output_schema("user"))
+    for row in rows:
+        assert row["event_timestamp"] == inputs[row["user_id"]]["event_timestamp"]  # the as-of time of the history
+        assert row["knowledge"] and row["answers"][0] and row["strategy"] == "iterative"
+        assert row["prompt_version"] and row["model"].startswith("transformers:")
+        assert row["llm_calls"] >= 2 and row["tokens_out"] > 0
+    assert summary.llm_calls == sum(r["llm_calls"] for r in rows)
+
+
+def test_item_knowledge_and_the_report(ml1m, tiny_model, tmp_path):
+    settings = settings_for(ml1m, tmp_path, tiny_model, strategy="filter", samples=2, limit=6)
+    generate_knowledge(settings, "item")
+    rows = read(settings, "item")
+    assert len(rows) == 6 and all(len(r["answers"]) == 2 and r["kept_answers"] for r in rows)
+    figures = summarize(rows)
+    assert figures["entities"] == 6 and figures["kept_per_entity"] >= 1
+    assert figures["tokens_per_second"] > 0
+    text = knowledge_report(output_dir(settings, "item"), "item", examples=1)
+    assert "| entities | 6 |" in text and "answers kept per entity" in text and "### item " in text
+
+
+def test_a_rerun_makes_zero_llm_calls(ml1m, tiny_model, tmp_path):
+    settings = settings_for(ml1m, tmp_path, tiny_model)
+    first = generate_knowledge(settings, "user")
+    knowledge = {r["user_id"]: r["knowledge"] for r in read(settings, "user")}
+    again = generate_knowledge(settings, "user")
+    assert (again.parts_run, again.llm_calls) == (0, 0)  # every part is on disk
+    for part in output_dir(settings, "user").glob("part-*"):
+        part.unlink()
+    rebuilt = generate_knowledge(settings, "user")
+    assert first.llm_calls > 0 and (rebuilt.parts_run, rebuilt.llm_calls) == (3, 0)  # every answer is cached
+    assert {r["user_id"]: r["knowledge"] for r in read(settings, "user")} == knowledge
+
+
+def test_other_settings_need_overwrite(ml1m, tiny_model, tmp_path):
+    generate_knowledge(settings_for(ml1m, tmp_path, tiny_model, limit=4), "user")
+    changed = settings_for(ml1m, tmp_path, tiny_model, limit=4, rounds=2)
+    with pytest.raises(KnowledgeError, match=r"other settings \(rounds\): pass --overwrite"):
+        generate_knowledge(changed, "user")
+    assert generate_knowledge(changed, "user", overwrite=True).parts_run == 1
+
+
+def test_a_killed_run_resumes_without_redoing_finished_parts(ml1m, tiny_model, tmp_path):
+    settings = settings_for(ml1m, tmp_path, tiny_model, partition_size=1, limit=6, spark_master="local[1]")
+    env = {**os.environ, "R4EC_DATA_DIR": str(tmp_path), "R4EC_DATASET": "ml-1m",
+           "R4EC_KNOWLEDGE": settings.knowledge.model_dump_json()}  # fmt: skip
+    command = [sys.executable, str(REPO / "spark_jobs" / "generate_knowledge.py"), "--entity", "user"]
+    job = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    out = output_dir(settings, "user")
+    deadline = time.monotonic() + 240
+    while len(list(out.glob("part-*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 2 <= len(finished) < 6, "the job should have been killed part-way"
+    resumed = generate_knowledge(settings, "user")
+    assert resumed.parts_run == 6 - len(finished)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name in finished} == finished
+    ids = [r["user_id"] for r in read(settings, "user")]
+    assert len(ids) == len(set(ids)) == 6
+    assert not list(out.glob("*.partial"))
+
+
+def test_missing_inputs_are_a_clear_error(tmp_path):
+    with pytest.raises(KnowledgeError, match="run `r4ec marts build` first"):
+        generate_knowledge(Settings(data_dir=tmp_path), "user")

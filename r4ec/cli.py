@@ -79,20 +79,37 @@ def cmd_knowledge_serve(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
+    from r4ec.knowledge.job import generate_knowledge
+    from r4ec.knowledge.report import read_knowledge, summarize
     from r4ec.marts import build_marts
 
     settings = _settings(args)
+    if not args.full:
+        settings = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"limit": args.sample})})
+
+    def knowledge(entity: str) -> str:
+        summary = generate_knowledge(settings, entity)
+        figures = summarize(read_knowledge(summary.out_dir))
+        judged = ", ".join(f"{ok}/{n} judged reasonable" for ok, n, _ in figures["reasonable_per_round"])
+        return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined"
+
+    steps = [
+        ("data load", lambda: load_dataset(settings).line()),
+        ("marts build", lambda: build_marts(settings).line()),
+        ("user knowledge", lambda: knowledge("user")),
+        ("item knowledge", lambda: knowledge("item")),
+    ]
     started = time.perf_counter()
-    steps = [("data load", lambda: load_dataset(settings)), ("marts build", lambda: build_marts(settings))]
     lines = []
     for number, (name, step) in enumerate(steps, start=1):
         log.info("step %d/%d: %s", number, len(steps), name)
-        lines.append(step().line())
+        lines.append(step())
     print(f"\nr4ec demo on {settings.dataset} finished in {time.perf_counter() - started:.0f}s")
     for line in lines:
         print(f"  - {line}")
     query = f"from '{settings.marts_dir}/ctr_samples.parquet' limit 5"
     print(f"  inspect: .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"")
+    print(f"  answer chains: .venv/bin/r4ec knowledge report --entity user{' --limit ' + str(args.sample) if not args.full else ''}")
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -132,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    data = stages.add_parser("data", help="dataset sources: write raw parquet tables").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    def group(name: str, help: str):
+        return stages.add_parser(name, help=help).add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    data = group("data", "dataset sources: write raw parquet tables")
     command(
         data,
         "load",
@@ -143,9 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ratings, items, users and rejects as parquet under DATA_DIR/raw/DATASET.",
     )
 
-    marts = stages.add_parser("marts", help="dbt marts: CTR samples, prompt inputs, feature tables").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    marts = group("marts", "dbt marts: CTR samples, prompt inputs, feature tables")
     build = command(
         marts,
         "build",
@@ -155,15 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
     command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.")
 
-    knowledge = stages.add_parser("knowledge", help="LLM knowledge: reason, reflect, refine").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
+    knowledge = group("knowledge", "LLM knowledge: reason, reflect, refine")
     generate = command(
         knowledge,
         "generate",
         cmd_knowledge_generate,
         "Generate user or item knowledge with the actor/reflector loop as a Spark job, one parquet part per "
-        "partition under DATA_DIR/knowledge/DATASET/STRATEGY/ENTITY_knowledge; a killed run resumes.",
+        "partition under DATA_DIR/knowledge/DATASET/STRATEGY[-sampleN]/ENTITY_knowledge; a killed run resumes.",
     )
     _add_knowledge_options(generate)
     generate.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
@@ -182,7 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
-    command(stages, "demo", cmd_demo, "Run every stage in order on the configured dataset and print what came out.")
+    demo = command(
+        stages,
+        "demo",
+        cmd_demo,
+        "Run every stage in order on the configured dataset and print what came out. The LLM steps run on a seeded "
+        "sample of users and items; --full runs them on all.",
+    )
+    demo.add_argument("--sample", type=int, default=20, help="users and items the LLM steps run on (default: 20)")
+    demo.add_argument("--full", action="store_true", help="run the LLM steps on every user and item")
     return parser
 
 

@@ -35,10 +35,16 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, capsys):
+def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tiny_model, monkeypatch, capsys):
     (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
-    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    for name, value in {"MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8"}.items():
+        monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
+    assert main(["demo", "--data-dir", str(tmp_path), "--sample", "3"]) == 0
     out = capsys.readouterr().out
     assert "ctr_samples: 89,627 rows" in out
     assert str(tmp_path / "marts" / "ml-100k") in out
     assert pq.read_metadata(tmp_path / "marts" / "ml-100k" / "ctr_samples.parquet").num_rows == 89_627
+    for entity in ("user", "item"):
+        folder = tmp_path / "knowledge" / "ml-100k" / "iterative-sample3" / f"{entity}_knowledge"
+        assert f"{entity}_knowledge: 3 entities in 1 parts at {folder}" in out
+        assert pq.read_table(folder).num_rows == 3

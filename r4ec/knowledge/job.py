@@ -68,7 +68,10 @@ def output_schema(entity: str) -> pa.Schema:
 
 
 def output_dir(settings: Settings, entity: str) -> Path:
-    return settings.knowledge_dir / settings.knowledge.strategy / f"{entity}_knowledge"
+    """One folder per strategy; a sampled run (`limit`) gets its own, so it never collides with the full one."""
+    k = settings.knowledge
+    run = k.strategy if k.limit is None else f"{k.strategy}-sample{k.limit}"
+    return settings.knowledge_dir / run / f"{entity}_knowledge"
 
 
 def inputs_path(settings: Settings, entity: str) -> Path:

@@ -159,35 +159,42 @@ def _refine(backend: Backend, chains: list[Chain], feedback: list[str | None], c
         chain.refinements += 1
 
 
+def _filter(backend: Backend, chains: list[Chain], cfg: LoopConfig) -> None:
+    """k sampled answers each; keep those the reflector judges reasonable (all of them when it keeps none)."""
+    candidates = [_reason(backend, chains, cfg, sample) for sample in range(cfg.samples)]
+    for chain, answers in zip(chains, zip(*candidates)):
+        chain.answers.extend(answers)
+    for sample, answers in enumerate(candidates):
+        judged = _reflect(backend, chains, answers, cfg, f"reflect-{sample + 1}")
+        for chain, answer, (reasonable, _) in zip(chains, answers, judged):
+            if reasonable:
+                chain.kept.append(answer)
+    for chain in chains:
+        chain.kept = chain.kept or list(chain.answers)
+
+
+def _iterate(backend: Backend, chains: list[Chain], cfg: LoopConfig) -> None:
+    """Reflect on the latest answers; refine those judged not reasonable; again on the refined, up to N rounds."""
+    active = chains
+    for round_ in range(1, cfg.rounds + 1):
+        judged = _reflect(backend, active, [c.answers[-1] for c in active], cfg, f"reflect-{round_}")
+        to_refine = [(c, feedback) for c, (reasonable, feedback) in zip(active, judged) if reasonable is False]
+        if not to_refine:
+            return
+        active = [c for c, _ in to_refine]
+        _refine(backend, active, [f for _, f in to_refine], cfg, f"refine-{round_}")
+
+
 def run_loop(backend: Backend, inputs: list[dict], cfg: LoopConfig) -> list[Chain]:
     """Generate knowledge for each input row with the configured strategy; one Chain per row, in order."""
     chains = [Chain(inputs=row) for row in inputs]
     if not chains:
         return chains
     if cfg.strategy == "filter":
-        candidates = [_reason(backend, chains, cfg, sample) for sample in range(cfg.samples)]
-        for chain, answers in zip(chains, zip(*candidates)):
-            chain.answers.extend(answers)
-        for sample, answers in enumerate(candidates):
-            for chain, answer, (reasonable, _) in zip(
-                chains, answers, _reflect(backend, chains, answers, cfg, f"reflect-{sample + 1}")
-            ):
-                if reasonable:
-                    chain.kept.append(answer)
-        for chain in chains:
-            chain.kept = chain.kept or list(chain.answers)
+        _filter(backend, chains, cfg)
         return chains
-
     for chain, answer in zip(chains, _reason(backend, chains, cfg)):
         chain.answers.append(answer)
-    if cfg.strategy == "single":
-        return chains
-    active = chains
-    for round_ in range(1, cfg.rounds + 1):
-        judged = _reflect(backend, active, [c.answers[-1] for c in active], cfg, f"reflect-{round_}")
-        to_refine = [(c, feedback) for c, (reasonable, feedback) in zip(active, judged) if reasonable is False]
-        if not to_refine:
-            break
-        active = [c for c, _ in to_refine]
-        _refine(backend, active, [f for _, f in to_refine], cfg, f"refine-{round_}")
+    if cfg.strategy == "iterative":
+        _iterate(backend, chains, cfg)
     return chains

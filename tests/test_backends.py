@@ -1,0 +1,91 @@
+"""Backend construction and LoRA adapters on the real transformers backend."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+
+from r4ec.config import Settings
+from r4ec.knowledge import prompts
+from r4ec.knowledge.backends import (
+    BackendError, GenerationConfig, OpenAIBackend, Request, TransformersBackend, VllmBackend, adapter_names,
+    build_backend,
+)  # fmt: skip
+from r4ec.knowledge.job import loop_config
+from r4ec.knowledge.loop import run_loop
+
+GEN = GenerationConfig(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    """Two LoRA adapters with random (non-zero) weights on the tiny model: an actor and a reflector."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("adapters")
+    paths = {}
+    for seed, name in enumerate(("actor", "reflector")):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(folder / name)
+        paths[name] = folder / name
+    return paths
+
+
+def test_each_adapter_and_the_base_model_answer_differently(tiny_model, adapters):
+    backend = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters)
+    ask = Request.chat(prompts.messages("reason", "Describe a viewer who loves Heat (1995)."))
+    texts = {
+        name: backend.generate([Request(ask.messages, adapter=name)], GEN)[0].text for name in ("actor", "reflector", None)
+    }
+    assert len(set(texts.values())) == 3
+    mixed = backend.generate([Request(ask.messages, "actor"), Request(ask.messages, None)], GEN)
+    assert [g.text for g in mixed] == [texts["actor"], texts[None]]  # grouped per adapter, returned in order
+    assert "actor=actor" in backend.model_id and "reflector=reflector" in backend.model_id
+    with pytest.raises(BackendError, match="adapter 'critic' is not loaded"):
+        backend.generate([Request(ask.messages, "critic")], GEN)
+
+
+def test_the_loop_sends_actor_and_reflector_steps_to_their_adapters(tiny_model, adapters, tmp_path):
+    settings = Settings(
+        data_dir=tmp_path,
+        knowledge={"model": str(tiny_model), "dtype": "float32", "max_new_tokens": 6, "prefill": False,
+                   "actor_adapter": adapters["actor"], "reflector_adapter": adapters["reflector"]},
+    )  # fmt: skip
+    assert adapter_names(settings.knowledge) == ("actor", "reflector")
+    cfg = loop_config(settings, "user")
+    backend = build_backend(settings)
+    seen = []
+    generate = backend.generate
+    backend.generate = lambda requests, config: seen.extend(r.adapter for r in requests) or generate(requests, config)
+    user = {"user_id": "1", "history": [{"item_id": "1", "title": "Heat", "category": "Action", "rating": 4.0}]}
+    run_loop(backend, [user], cfg)
+    assert seen == ["actor", "actor", "reflector", "reflector"]  # reason (+ strict retry), reflect (+ strict retry)
+
+
+def test_openai_backend_is_built_from_settings():
+    settings = Settings(knowledge={"backend": "openai", "model": "teacher", "openai_base_url": "http://127.0.0.1:9/v1"})
+    backend = build_backend(settings)
+    assert isinstance(backend, OpenAIBackend) and backend.model_id == "openai:http://127.0.0.1:9/v1:teacher"
+
+
+def test_vllm_backend_says_what_is_missing(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    with pytest.raises(BackendError, match="needs vllm"):
+        VllmBackend("some-model")
+
+
+def test_a_missing_local_model_is_a_clear_error(tmp_path):
+    with pytest.raises(BackendError, match="no such folder"):
+        TransformersBackend(str(tmp_path / "nope"))

@@ -16,7 +16,9 @@ from r4ec.config import Settings
 log = logging.getLogger("r4ec")
 
 
-KNOWLEDGE_OPTIONS = ("backend", "model", "strategy", "rounds", "samples", "limit", "partition_size", "spark_master")
+KNOWLEDGE_OPTIONS = (
+    "backend", "model", "strategy", "rounds", "samples", "limit", "partition_size", "spark_master", "encoder",
+)  # fmt: skip
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -56,6 +58,21 @@ def cmd_knowledge_generate(args: argparse.Namespace) -> None:
         print(generate_knowledge(settings, entity, overwrite=args.overwrite).line())
 
 
+def cmd_knowledge_encode(args: argparse.Namespace) -> None:
+    from r4ec.encoding import encode_knowledge
+
+    settings = _settings(args)
+    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
+        print(encoded_line(encode_knowledge(settings, entity)))
+
+
+def encoded_line(done: dict) -> str:
+    return (
+        f"{done['target'].name}: {done['rows']:,} vectors ({done['encoder']}) at {done['target']} "
+        f"({done['parts_run']} parts run now, {done['encoded']:,} texts encoded, {done['seconds']:.0f}s)"
+    )
+
+
 def cmd_knowledge_report(args: argparse.Namespace) -> None:
     from r4ec.knowledge.job import output_dir
     from r4ec.knowledge.report import knowledge_report
@@ -79,6 +96,7 @@ def cmd_knowledge_serve(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
+    from r4ec.encoding import encode_knowledge
     from r4ec.knowledge.job import generate_knowledge
     from r4ec.knowledge.report import read_knowledge, summarize
     from r4ec.marts import build_marts
@@ -91,13 +109,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         summary = generate_knowledge(settings, entity)
         figures = summarize(read_knowledge(summary.out_dir))
         judged = ", ".join(f"{ok}/{n} judged reasonable" for ok, n, _ in figures["reasonable_per_round"])
-        return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined"
+        vectors = encoded_line(encode_knowledge(settings, entity))
+        return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
     steps = [
         ("data load", lambda: load_dataset(settings).line()),
         ("marts build", lambda: build_marts(settings).line()),
-        ("user knowledge", lambda: knowledge("user")),
-        ("item knowledge", lambda: knowledge("item")),
+        ("user knowledge and vectors", lambda: knowledge("user")),
+        ("item knowledge and vectors", lambda: knowledge("item")),
     ]
     started = time.perf_counter()
     lines = []
@@ -181,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_knowledge_options(generate)
     generate.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+    encode = command(
+        knowledge,
+        "encode",
+        cmd_knowledge_encode,
+        "Encode the knowledge of a run into vectors (ENTITY_knowledge_vectors/ beside it); filter runs average the "
+        "kept answers. Texts already encoded come from a cache.",
+    )
+    _add_knowledge_options(encode)
+    encode.add_argument("--encoder", help="all-MiniLM-L6-v2 (default) or a local sentence-transformers folder")
     report = command(knowledge, "report", cmd_knowledge_report, "Summarise a knowledge run and show answer chains.")
     _add_knowledge_options(report)
     report.add_argument("--examples", type=int, default=2, help="answer chains to show (default: 2)")
@@ -216,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from r4ec.data import DataError
+    from r4ec.encoding import EncoderError
     from r4ec.knowledge.backends import BackendError
     from r4ec.knowledge.job import KnowledgeError
     from r4ec.marts import MartsError
 
     try:
         args.func(args)
-    except (DataError, MartsError, KnowledgeError, BackendError) as error:
+    except (DataError, MartsError, KnowledgeError, BackendError, EncoderError) as error:
         print(f"r4ec: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:

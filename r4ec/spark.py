@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
 
 
 def spark_session(master: str, app_name: str):
@@ -23,3 +28,31 @@ def spark_session(master: str, app_name: str):
     )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def run_parts(spark, task: Callable[[dict], dict], specs: list[dict], outputs: dict[Path, int], total: int, desc: str):
+    """Run one Spark task per spec; each writes one file of `outputs` (path -> entities it holds). The driver
+    shows a progress bar over the files landing on disk, out of `total` entities (some may be done already)."""
+    results: list[dict] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.extend(spark.sparkContext.parallelize(specs, len(specs)).map(task).collect())
+        except BaseException as error:  # re-raised on the driver's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    pending = dict(outputs)
+    with tqdm(total=total, initial=total - sum(pending.values()), desc=desc, unit=" entities") as bar:
+        while pending:
+            for path in [p for p in pending if p.exists()]:
+                bar.update(pending.pop(path))
+            if not thread.is_alive():
+                break
+            thread.join(timeout=1.0)
+    thread.join()
+    if failure:
+        raise failure[0]
+    return results

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
@@ -210,32 +208,6 @@ def _prepare_output(out_dir: Path, wanted: dict, overwrite: bool) -> None:
         leftover.unlink()
 
 
-def _run_with_progress(spark, specs: list[dict], out_dir: Path, entities: int) -> list[dict]:
-    """Run the Spark tasks in a thread while the driver shows a progress bar over the parts landing on disk."""
-    results: list[dict] = []
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            results.extend(spark.sparkContext.parallelize(specs, len(specs)).map(run_part).collect())
-        except BaseException as error:  # re-raised on the driver's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    pending = {part_path(out_dir, s["part"]): len(s["ids"]) for s in specs}
-    with tqdm(total=entities, initial=entities - sum(pending.values()), desc=out_dir.name, unit=" entities") as bar:
-        while thread.is_alive() or pending:
-            for path in [p for p in pending if p.exists()]:
-                bar.update(pending.pop(path))
-            if not thread.is_alive():
-                break
-            thread.join(timeout=1.0)
-    if failure:
-        raise failure[0]
-    return results
-
-
 def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False) -> JobSummary:
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})  # workers may run elsewhere
     source = inputs_path(settings, entity)
@@ -253,13 +225,14 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     if todo and k.backend == "transformers" and k.model == SMOLLM2:
         smollm2_checkpoint(settings.models_dir, k.dtype)  # convert once here, not in every worker at the same time
     if todo:
-        from r4ec.spark import spark_session
+        from r4ec.spark import run_parts, spark_session
 
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
         common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}
         specs = [{**common, "part": n, "ids": parts[n]} for n in todo]
-        results = _run_with_progress(spark, specs, out_dir, len(ids))
+        pending = {part_path(out_dir, spec["part"]): len(spec["ids"]) for spec in specs}
+        results = run_parts(spark, run_part, specs, pending, len(ids), f"{entity}_knowledge")
     return JobSummary(
         entity, out_dir, len(ids), len(parts), len(results), sum(r["llm_calls"] for r in results),
         time.perf_counter() - started,

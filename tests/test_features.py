@@ -1,0 +1,115 @@
+"""Real Feast (DuckDB offline store, SQLite online store) over the real marts and knowledge-vector parquet."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from r4ec.config import Settings
+from r4ec.data.tables import write_parquet
+from r4ec.encoding import vectors_schema
+from r4ec.features import store
+from r4ec.features.repo.sources import vectors_path
+
+pytestmark = pytest.mark.integration
+KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
+
+
+def feast_settings(ml1m: Settings, tmp_path, **features) -> Settings:
+    shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
+    return Settings(data_dir=tmp_path, dataset="ml-1m", features=features)
+
+
+def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple]) -> None:
+    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`."""
+    table = pa.Table.from_pylist(
+        [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "texts": 1, "encoder": "test"} for i, t, fill in rows],
+        schema=vectors_schema(entity),
+    )
+    write_parquet(table, vectors_path(settings, entity, strategy) / f"part-{part:05d}.parquet")
+
+
+def samples(settings: Settings):
+    return duckdb.sql(f"select {KEYS} from read_parquet('{settings.marts_dir}/ctr_samples.parquet')").df()
+
+
+@pytest.fixture
+def feast_store(ml1m, tmp_path):
+    """ml-1m marts with iterative knowledge for every user and item, dated at each one's first sample."""
+    settings = feast_settings(ml1m, tmp_path)
+    frame = samples(settings)
+    first_user = frame.groupby("user_id").event_timestamp.min()
+    first_item = frame.groupby("item_id").event_timestamp.min()
+    write_vectors(settings, "user", "iterative", 0, [(u, t, 1.0) for u, t in first_user.items()])
+    write_vectors(settings, "item", "iterative", 0, [(i, t, 2.0) for i, t in first_item.items()])
+    assert store.apply(settings) == ["base", "iterative"]
+    return settings, frame, first_user
+
+
+def test_point_in_time_knowledge_and_regeneration(feast_store):
+    settings, frame, first_user = feast_store
+    user = frame.user_id.value_counts().index[0]
+    theirs = frame[frame.user_id == user].sort_values("event_timestamp")
+    cut = theirs.event_timestamp.iloc[len(theirs) // 2]
+    write_vectors(settings, "user", "iterative", 1, [(user, cut, 3.0)])  # a regeneration, as of a later time
+    got = store.training_set(settings, frame, "iterative")
+    assert len(got) == len(frame)
+    mine = got[got.user_id == user].sort_values("event_timestamp")
+    for _, row in mine.iterrows():
+        expected = 3.0 if row.event_timestamp >= cut else 1.0
+        assert np.allclose(row.user_knowledge_vector, expected)
+    assert all(np.allclose(v, 2.0) for v in got.item_knowledge_vector)
+
+
+def test_knowledge_dated_after_a_sample_never_reaches_it(feast_store, tmp_path):
+    settings, frame, first_user = feast_store
+    user = frame.user_id.iloc[0]
+    later = first_user[user] + timedelta(days=10_000)
+    write_vectors(settings, "user", "iterative", 1, [(user, later, 9.0)])
+    got = store.training_set(settings, frame[frame.user_id == user], "iterative")
+    assert not any(np.allclose(v, 9.0) for v in got.user_knowledge_vector)
+    earlier = frame[frame.user_id == user].copy()
+    earlier["event_timestamp"] = first_user[user] - timedelta(seconds=1)  # before any knowledge of theirs
+    missing = store.training_set(settings, earlier.head(1), "iterative")
+    assert missing.user_knowledge_vector.isna().all()
+
+
+def test_base_service_has_history_and_profiles_as_of_the_sample(feast_store):
+    settings, frame, _ = feast_store
+    got = store.training_set(settings, frame, "base").set_index("sample_id")
+    marts = duckdb.sql(f"select sample_id, history_item_ids from read_parquet('{settings.marts_dir}/ctr_samples.parquet')")
+    for sample_id, history in marts.fetchall():
+        assert list(got.loc[sample_id, "history_item_ids"]) == history
+    assert got.gender.notna().all() and got.category.notna().all()
+
+
+def test_materialize_then_lookup_returns_the_latest(feast_store):
+    settings, frame, first_user = feast_store
+    user = frame.user_id.iloc[0]
+    write_vectors(settings, "user", "iterative", 1, [(user, first_user[user] + timedelta(days=1), 5.0)])
+    store.materialize(settings)
+    items = list(frame[frame.user_id == user].item_id.head(3)) + ["no-such-item"]
+    got = store.online_features(settings, user, items, "iterative")
+    assert list(got.item_id) == items
+    assert all(np.allclose(v, 5.0) for v in got.user_knowledge_vector)
+    assert all(np.allclose(v, 2.0) for v in got.item_knowledge_vector.iloc[:3])
+    assert got.item_knowledge_vector.iloc[3] is None and got.title.iloc[3] is None  # a missing item: typed None
+
+
+def test_materialize_loads_only_what_is_new_even_with_historical_times(feast_store):
+    settings, frame, first_user = feast_store
+    assert set(store.materialize(settings)) == {"user_profile", "item_profile", "user_history",
+                                               "user_knowledge_iterative", "item_knowledge_iterative"}  # fmt: skip
+    assert store.materialize(settings) == {}
+    user = frame.user_id.iloc[0]
+    write_vectors(settings, "user", "iterative", 1, [(user, first_user[user] + timedelta(days=2), 7.0)])
+    assert store.materialize(settings) == {"user_knowledge_iterative": 1}  # as of 2000, appended today
+    got = store.online_features(settings, user, [frame.item_id.iloc[0]], "iterative")
+    assert np.allclose(got.user_knowledge_vector.iloc[0], 7.0)
+    other = frame.user_id[frame.user_id != user].iloc[0]
+    assert np.allclose(store.online_features(settings, other, ["x"], "iterative").user_knowledge_vector.iloc[0], 1.0)

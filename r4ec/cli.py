@@ -101,6 +101,17 @@ def cmd_features_apply(args: argparse.Namespace) -> None:
     print(f"feast: registered feature services {', '.join(apply(settings))} in {settings.feast_dir}")
 
 
+def cmd_features_env(args: argparse.Namespace) -> None:
+    from r4ec.features.store import project_name
+
+    settings = _settings(args)
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)  # feast's file registry wants its folder
+    print(
+        f"export R4EC_DATA_DIR={settings.data_dir.resolve()} R4EC_DATASET={settings.dataset} "
+        f"R4EC_FEAST_PROJECT={project_name(settings)} R4EC_FEAST_DIR={settings.feast_dir}"
+    )
+
+
 def cmd_features_materialize(args: argparse.Namespace) -> None:
     from r4ec.features.store import materialize
 
@@ -266,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = group("features", "Feast: register, materialize, training sets, online lookups")
     command(features, "apply", cmd_features_apply, "Register entities, feature views and services with Feast.")
-    command(features, "materialize", cmd_features_materialize, "Load the latest feature rows into the online store.")
+    command(features, "materialize", cmd_features_materialize, "Load new feature rows into the online store.")
+    command(features, "env", cmd_features_env, "Print the variables feature_repo/feature_store.yaml reads.")
     train = command(
         features, "training-set", cmd_features_training_set,
         "Point-in-time training set of every CTR sample from a feature service, written as parquet.",

@@ -3,4 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-data
+# the Redis online-store tests start a real redis-server on 127.0.0.1
+if ! command -v redis-server >/dev/null; then
+    echo "test: installing redis-server"
+    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -113,3 +113,40 @@ def test_materialize_loads_only_what_is_new_even_with_historical_times(feast_sto
     assert np.allclose(got.user_knowledge_vector.iloc[0], 7.0)
     other = frame.user_id[frame.user_id != user].iloc[0]
     assert np.allclose(store.online_features(settings, other, ["x"], "iterative").user_knowledge_vector.iloc[0], 1.0)
+
+
+def test_the_redis_online_store_serves_the_same_features(ml1m, tmp_path, redis_server):
+    settings = feast_settings(ml1m, tmp_path, online_store="redis", redis_connection=redis_server)
+    frame = samples(settings)
+    first_user = frame.groupby("user_id").event_timestamp.min()
+    write_vectors(settings, "user", "iterative", 0, [(u, t, 1.0) for u, t in first_user.items()])
+    write_vectors(settings, "item", "iterative", 0, [(i, frame.event_timestamp.min(), 2.0) for i in frame.item_id.unique()])
+    store.apply(settings)
+    store.materialize(settings)
+    user = frame.user_id.iloc[0]
+    got = store.online_features(settings, user, list(frame.item_id.head(2)) + ["no-such-item"], "iterative")
+    assert all(np.allclose(v, 1.0) for v in got.user_knowledge_vector)
+    assert np.allclose(got.item_knowledge_vector.iloc[0], 2.0) and got.item_knowledge_vector.iloc[2] is None
+    import redis
+
+    assert redis.Redis.from_url(f"redis://{redis_server}").dbsize() > 0  # the rows really are in Redis
+
+
+def test_the_feast_command_line_sees_the_same_repository(ml1m, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    settings = feast_settings(ml1m, tmp_path)
+    env_line = subprocess.run(
+        [str(Path(os.sys.executable).parent / "r4ec"), "features", "env", "--data-dir", str(tmp_path), "--dataset", "ml-1m"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    env = {**os.environ, **dict(pair.split("=", 1) for pair in env_line.removeprefix("export ").split())}
+    repo = Path(__file__).resolve().parent.parent / "feature_repo"
+    feast = str(Path(os.sys.executable).parent / "feast")
+    applied = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    listed = subprocess.run([feast, "feature-views", "list"], cwd=repo, env=env, check=True, capture_output=True, text=True)
+    assert {"user_profile", "item_profile", "user_history"} <= set(listed.stdout.split())
+    assert (settings.feast_dir / "registry.db").is_file()

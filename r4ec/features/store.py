@@ -18,6 +18,10 @@ from r4ec.config import Settings
 log = logging.getLogger(__name__)
 
 
+def project_name(settings: Settings) -> str:
+    return f"r4ec_{settings.dataset.replace('-', '_')}"
+
+
 def repo_config(settings: Settings):
     from feast.repo_config import RepoConfig
 
@@ -27,7 +31,7 @@ def repo_config(settings: Settings):
     else:
         online = {"type": "sqlite", "path": str(settings.feast_dir / "online.db")}
     return RepoConfig(
-        project=f"r4ec_{settings.dataset.replace('-', '_')}",
+        project=project_name(settings),
         provider="local",
         registry=str(settings.feast_dir / "registry.db"),
         offline_store={"type": "duckdb"},

@@ -9,6 +9,7 @@ import glob
 import json
 import logging
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -103,8 +104,14 @@ def training_set(settings: Settings, samples: pd.DataFrame, service: str) -> pd.
     return job.to_df()
 
 
+@lru_cache(maxsize=8)
+def serving_store(settings: Settings):
+    """One FeatureStore per settings for online lookups: its registry and connections are kept between calls."""
+    return feature_store(settings)
+
+
 def online_features(settings: Settings, user_id: str, item_ids: list[str], service: str) -> pd.DataFrame:
     """One row per candidate item: the user's features and the item's, as the online store holds them now."""
-    store = feature_store(settings)
+    store = serving_store(settings)
     rows = [{"user_id": user_id, "item_id": item} for item in item_ids]
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()

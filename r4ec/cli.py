@@ -122,20 +122,10 @@ def cmd_features_materialize(args: argparse.Namespace) -> None:
 
 
 def cmd_features_training_set(args: argparse.Namespace) -> None:
-    import duckdb
-    import pyarrow as pa
+    from r4ec.features.store import write_training_set
 
-    from r4ec.data.tables import write_parquet
-    from r4ec.features.store import training_set
-
-    settings = _settings(args)
-    columns = "sample_id, user_id, item_id, event_timestamp, label, split, position"  # the features come from Feast
-    samples = duckdb.sql(f"select {columns} from read_parquet('{settings.marts_dir / 'ctr_samples.parquet'}')").df()
-    frame = training_set(settings, samples, args.service)
-
-    out = args.output or settings.data_dir.resolve() / "training" / settings.dataset / f"{args.service}.parquet"
-    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), out)
-    print(f"training set '{args.service}': {len(frame):,} rows, {frame.shape[1]} columns at {out}")
+    path, frame = write_training_set(_settings(args), args.service, args.output)
+    print(f"training set '{args.service}': {len(frame):,} rows, {frame.shape[1]} columns at {path}")
 
 
 def cmd_features_lookup(args: argparse.Namespace) -> None:
@@ -148,6 +138,7 @@ def cmd_features_lookup(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
     from r4ec.encoding import encode_knowledge
+    from r4ec.features.store import apply, materialize, write_training_set
     from r4ec.knowledge.job import generate_knowledge
     from r4ec.knowledge.report import read_knowledge, summarize
     from r4ec.marts import build_marts
@@ -163,11 +154,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
         vectors = encoded_line(encode_knowledge(settings, entity))
         return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
+    def features() -> str:
+        services = apply(settings)
+        materialize(settings)
+        strategy = settings.knowledge.strategy
+        path, frame = write_training_set(settings, strategy if strategy in services else "base")
+        covered = {
+            entity: frame[f"{entity}_knowledge_vector"].notna().mean() if f"{entity}_knowledge_vector" in frame else 0
+            for entity in ("user", "item")
+        }
+        return (
+            f"feast: services {', '.join(services)}; training set of {len(frame):,} samples at {path}; knowledge "
+            f"vectors reach {covered['user']:.1%} (user) and {covered['item']:.1%} (item) of the samples"
+        )
+
     steps = [
         ("data load", lambda: load_dataset(settings).line()),
         ("marts build", lambda: build_marts(settings).line()),
         ("user knowledge and vectors", lambda: knowledge("user")),
         ("item knowledge and vectors", lambda: knowledge("item")),
+        ("feature store", features),
     ]
     started = time.perf_counter()
     lines = []

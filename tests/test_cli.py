@@ -48,3 +48,7 @@ def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tin
         folder = tmp_path / "knowledge" / "ml-100k" / "iterative-sample3" / f"{entity}_knowledge"
         assert f"{entity}_knowledge: 3 entities in 1 parts at {folder}" in out
         assert pq.read_table(folder).num_rows == 3
+        assert pq.read_table(folder.with_name(f"{entity}_knowledge_vectors")).num_rows == 3
+    training = tmp_path / "training" / "ml-100k" / "iterative.parquet"
+    assert f"feast: services base, iterative; training set of 89,627 samples at {training}" in out
+    assert pq.read_metadata(training).num_rows == 89_627

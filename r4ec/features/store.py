@@ -115,3 +115,23 @@ def online_features(settings: Settings, user_id: str, item_ids: list[str], servi
     store = serving_store(settings)
     rows = [{"user_id": user_id, "item_id": item} for item in item_ids]
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
+
+
+def ctr_samples(settings: Settings) -> pd.DataFrame:
+    """The CTR samples' keys, label and split: the entity frame of a training set (features come from Feast)."""
+    import duckdb
+
+    columns = "sample_id, user_id, item_id, event_timestamp, label, split, position"
+    return duckdb.sql(f"select {columns} from read_parquet('{settings.marts_dir / 'ctr_samples.parquet'}')").df()
+
+
+def write_training_set(settings: Settings, service: str, output: Path | None = None) -> tuple[Path, pd.DataFrame]:
+    """The training set of every CTR sample from `service`, as parquet (default: DATA_DIR/training/DATASET/)."""
+    import pyarrow as pa
+
+    from r4ec.data.tables import write_parquet
+
+    frame = training_set(settings, ctr_samples(settings), service)
+    path = output or settings.data_dir.resolve() / "training" / settings.dataset / f"{service}.parquet"
+    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path, frame

@@ -52,3 +52,15 @@ def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tin
     training = tmp_path / "training" / "ml-100k" / "iterative.parquet"
     assert f"feast: services base, iterative; training set of 89,627 samples at {training}" in out
     assert pq.read_metadata(training).num_rows == 89_627
+
+
+@pytest.mark.parametrize("job, says", [("generate_knowledge.py", "Generate user or item knowledge"),
+                                       ("encode_knowledge.py", "Encode the knowledge of a run")])  # fmt: skip
+def test_spark_entry_points_are_the_cli_stages(job, says):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "spark_jobs" / job
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and says in " ".join(done.stdout.split())

@@ -1,0 +1,13 @@
+"""spark-submit entry point: encode a knowledge run into vectors (see r4ec/encoding.py).
+
+    spark-submit spark_jobs/encode_knowledge.py --entity both --strategy iterative
+
+Settings not given here come from r4ec.toml and R4EC_* variables, as for the `r4ec` command.
+"""
+
+import sys
+
+from r4ec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["knowledge", "encode", *sys.argv[1:]]))

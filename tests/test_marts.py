@@ -197,3 +197,24 @@ def test_build_without_raw_tables_is_a_clear_error(tmp_path):
 
     with pytest.raises(MartsError, match="run `r4ec data load` first"):
         build_marts(Settings(data_dir=tmp_path))
+
+
+def test_each_user_has_a_current_history_after_their_last_interaction(ml100k):
+    con = duckdb.connect()
+    rows = con.sql(
+        f"""
+        with latest as (
+            select user_id, arg_max(history_item_ids, event_timestamp) as current, max(event_timestamp) as at
+            from read_parquet('{ml100k.marts_dir}/user_history.parquet') group by user_id
+        ),
+        truth as (  -- the last sample's history plus the last sample's own item
+            select user_id, list_append(arg_max(history_item_ids, position), arg_max(item_id, position)) as items,
+                   max(event_timestamp) as last_seen
+            from read_parquet('{ml100k.marts_dir}/ctr_samples.parquet') group by user_id
+        )
+        select latest.user_id, latest.current, truth.items[-10:], latest.at > truth.last_seen
+        from latest join truth using (user_id)
+        """
+    ).fetchall()
+    assert len(rows) == 943
+    assert all(current == newest and after for _, current, newest, after in rows)

@@ -6,7 +6,7 @@ select
     event_timestamp,
     coalesce(list(item_id) over preceding, []) as history_item_ids,
     coalesce(list(category) over preceding, []) as history_categories,
-    coalesce(list(brand) over preceding, []) as history_brands,
+    coalesce(list(coalesce(brand, '')) over preceding, []) as history_brands,  -- '': no brand (movies)
     coalesce(list(rating) over preceding, []) as history_ratings
 from {{ ref('int_interactions') }}
 window preceding as (

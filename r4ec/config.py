@@ -64,6 +64,9 @@ class FeaturesSettings(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
+    offline_store: Literal["asof-duckdb", "duckdb"] = Field(
+        "asof-duckdb", description="asof-duckdb: point-in-time joins as DuckDB ASOF JOINs; duckdb: Feast's own."
+    )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection: str = Field("127.0.0.1:6379", description="host:port[,db=N,password=...] of the Redis store.")
     knowledge_strategies: tuple[str, ...] = Field(

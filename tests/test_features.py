@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -150,3 +151,21 @@ def test_the_feast_command_line_sees_the_same_repository(ml1m, tmp_path):
     listed = subprocess.run([feast, "feature-views", "list"], cwd=repo, env=env, check=True, capture_output=True, text=True)
     assert {"user_profile", "item_profile", "user_history"} <= set(listed.stdout.split())
     assert (settings.feast_dir / "registry.db").is_file()
+
+
+def test_the_asof_offline_store_returns_what_feasts_own_returns(feast_store):
+    settings, frame, first_user = feast_store
+    user = frame.user_id.iloc[0]
+    write_vectors(settings, "user", "iterative", 1, [(user, first_user[user] + timedelta(days=3), 4.0)])
+    stock = settings.model_copy(update={"features": settings.features.model_copy(update={"offline_store": "duckdb"})})
+    assert store.repo_config(stock).offline_store.type == "duckdb"
+    assert store.repo_config(settings).offline_store.type.endswith("AsofDuckDBOfflineStore")
+    ours = store.training_set(settings, frame, "iterative").sort_values("sample_id").reset_index(drop=True)
+    theirs = store.training_set(stock, frame, "iterative").sort_values("sample_id").reset_index(drop=True)
+    assert list(ours.columns) == list(theirs.columns) and len(ours) == len(frame)
+    for column in ours.columns:
+        for a, b in zip(ours[column], theirs[column]):
+            if isinstance(a, (list, np.ndarray)) or isinstance(b, (list, np.ndarray)):
+                assert (a is None and b is None) or list(a) == list(b), column
+            else:
+                assert (pd.isna(a) and pd.isna(b)) or a == b, column

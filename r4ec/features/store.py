@@ -19,6 +19,9 @@ from r4ec.config import Settings
 log = logging.getLogger(__name__)
 
 
+OFFLINE_STORES = {"duckdb": "duckdb", "asof-duckdb": "r4ec.features.offline.AsofDuckDBOfflineStore"}
+
+
 def project_name(settings: Settings) -> str:
     return f"r4ec_{settings.dataset.replace('-', '_')}"
 
@@ -35,7 +38,7 @@ def repo_config(settings: Settings):
         project=project_name(settings),
         provider="local",
         registry=str(settings.feast_dir / "registry.db"),
-        offline_store={"type": "duckdb"},
+        offline_store={"type": OFFLINE_STORES[settings.features.offline_store]},
         online_store=online,
         entity_key_serialization_version=3,
         repo_path=str(settings.feast_dir),

@@ -34,6 +34,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _entities(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("user", "item") if args.entity == "both" else (args.entity,)
+
+
 def cmd_data_load(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
 
@@ -54,7 +58,7 @@ def cmd_knowledge_generate(args: argparse.Namespace) -> None:
     from r4ec.knowledge.job import generate_knowledge
 
     settings = _settings(args)
-    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
+    for entity in _entities(args):
         print(generate_knowledge(settings, entity, overwrite=args.overwrite).line())
 
 
@@ -62,15 +66,8 @@ def cmd_knowledge_encode(args: argparse.Namespace) -> None:
     from r4ec.encoding import encode_knowledge
 
     settings = _settings(args)
-    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
-        print(encoded_line(encode_knowledge(settings, entity)))
-
-
-def encoded_line(done: dict) -> str:
-    return (
-        f"{done['target'].name}: {done['rows']:,} vectors ({done['encoder']}) at {done['target']} "
-        f"({done['parts_run']} parts run now, {done['encoded']:,} texts encoded, {done['seconds']:.0f}s)"
-    )
+    for entity in _entities(args):
+        print(encode_knowledge(settings, entity).line())
 
 
 def cmd_knowledge_report(args: argparse.Namespace) -> None:
@@ -78,7 +75,7 @@ def cmd_knowledge_report(args: argparse.Namespace) -> None:
     from r4ec.knowledge.report import knowledge_report
 
     settings = _settings(args)
-    for entity in ("user", "item") if args.entity == "both" else (args.entity,):
+    for entity in _entities(args):
         print(knowledge_report(output_dir(settings, entity), entity, args.examples))
 
 
@@ -151,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         summary = generate_knowledge(settings, entity)
         figures = summarize(read_knowledge(summary.out_dir))
         judged = ", ".join(f"{ok}/{n} judged reasonable" for ok, n, _ in figures["reasonable_per_round"])
-        vectors = encoded_line(encode_knowledge(settings, entity))
+        vectors = encode_knowledge(settings, entity).line()
         return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
     def features() -> str:

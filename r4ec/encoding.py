@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ class TextEncoder:
 
         self.name = name
         self.model = SentenceTransformer(str(encoder_path(name)), device="cpu")
-        self.dimension = self.model.get_sentence_embedding_dimension()
+        self.dimension = self.model.get_embedding_dimension()
         self.cache = VectorCache(cache_path)
         self.batch_size = batch_size
         self.encoded = 0  # texts run through the model (not read from the cache)
@@ -155,8 +156,24 @@ def encode_part(spec: dict) -> dict:
     return {"rows": len(rows), "encoded": encoder.encoded - before}
 
 
-def encode_knowledge(settings, entity: str) -> dict:
-    """Encode every knowledge part whose vectors are missing or older; returns what happened, for the CLI line."""
+@dataclass
+class EncodeSummary:
+    target: Path
+    encoder: str
+    rows: int
+    parts_run: int
+    encoded: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"{self.target.name}: {self.rows:,} vectors ({self.encoder}) at {self.target} "
+            f"({self.parts_run} parts run now, {self.encoded:,} texts encoded, {self.seconds:.0f}s)"
+        )
+
+
+def encode_knowledge(settings, entity: str) -> EncodeSummary:
+    """Encode every knowledge part whose vectors are missing or older than the part."""
     import json
     import time
 
@@ -187,5 +204,4 @@ def encode_knowledge(settings, entity: str) -> dict:
         total = sum(pq.read_metadata(p).num_rows for p in parts)
         encoded = sum(r["encoded"] for r in run_parts(spark, encode_part, specs, outputs, total, target.name))
     rows = sum(pq.read_metadata(p).num_rows for p in target.glob("part-*.parquet"))
-    return {"entity": entity, "target": target, "rows": rows, "parts_run": len(todo), "encoded": encoded,
-            "seconds": time.perf_counter() - started, "encoder": k.encoder}  # fmt: skip
+    return EncodeSummary(target, k.encoder, rows, len(todo), encoded, time.perf_counter() - started)

@@ -23,9 +23,9 @@ def test_vectors_follow_the_knowledge_and_are_cached(ml1m, tiny_model, tmp_path)
     settings = settings_for(ml1m, tmp_path, tiny_model, limit=6, partition_size=3)
     generate_knowledge(settings, "user")
     done = encode_knowledge(settings, "user")
-    assert (done["rows"], done["parts_run"]) == (6, 2) and done["encoded"] >= 1
+    assert (done.rows, done.parts_run) == (6, 2) and done.encoded >= 1
     knowledge = {r["user_id"]: r for r in read(settings, "user")}
-    rows = vectors(done["target"])
+    rows = vectors(done.target)
     assert {r["user_id"] for r in rows} == set(knowledge)
     for row in rows:
         vector = np.array(row["vector"], dtype=np.float32)
@@ -33,11 +33,11 @@ def test_vectors_follow_the_knowledge_and_are_cached(ml1m, tiny_model, tmp_path)
         assert row["event_timestamp"] == knowledge[row["user_id"]]["event_timestamp"]
         assert row["encoder"] == "all-MiniLM-L6-v2" and row["texts"] == 1
     again = encode_knowledge(settings, "user")
-    assert (again["parts_run"], again["encoded"]) == (0, 0)
+    assert (again.parts_run, again.encoded) == (0, 0)
     part = output_dir(settings, "user") / "part-00001.parquet"
     os.utime(part, (part.stat().st_atime, part.stat().st_mtime + 10))  # a regenerated part
     redone = encode_knowledge(settings, "user")
-    assert (redone["parts_run"], redone["encoded"]) == (1, 0)  # its texts were encoded before
+    assert (redone.parts_run, redone.encoded) == (1, 0)  # its texts were encoded before
 
 
 def test_filter_vectors_average_the_kept_answers(ml1m, tiny_model, tmp_path):
@@ -45,7 +45,7 @@ def test_filter_vectors_average_the_kept_answers(ml1m, tiny_model, tmp_path):
     generate_knowledge(settings, "item")
     done = encode_knowledge(settings, "item")
     encoder = TextEncoder("all-MiniLM-L6-v2", tmp_path / "fresh.sqlite")
-    by_id = {r["item_id"]: r for r in vectors(done["target"])}
+    by_id = {r["item_id"]: r for r in vectors(done.target)}
     for row in read(settings, "item"):
         expected = encoder.encode(texts_of(row)).mean(axis=0)
         assert by_id[row["item_id"]]["texts"] == len(row["kept_answers"])

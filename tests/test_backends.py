@@ -9,7 +9,13 @@ import pytest
 from r4ec.config import Settings
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import (
-    BackendError, GenerationConfig, OpenAIBackend, Request, TransformersBackend, VllmBackend, adapter_names,
+    BackendError,
+    GenerationConfig,
+    OpenAIBackend,
+    Request,
+    TransformersBackend,
+    VllmBackend,
+    adapter_names,
     build_backend,
 )  # fmt: skip
 from r4ec.knowledge.job import loop_config

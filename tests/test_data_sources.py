@@ -145,7 +145,8 @@ def test_amazon_loader_applies_the_k_core_until_it_holds(amazon_files, tmp_path)
 def test_amazon_bad_json_is_rejected_not_fatal(amazon_files, tmp_path):
     folder = tmp_path / "amazon"
     folder.mkdir()
-    good = gzip.open(amazon_files[0] / "Books_5.json.gz", "rt").read().splitlines()
+    with gzip.open(amazon_files[0] / "Books_5.json.gz", "rt") as original:
+        good = original.read().splitlines()
     bad = ['{"overall": 5.0, "reviewerID": "U1"', '{"overall": 5.0, "reviewerID": "U1", "unixReviewTime": 1}', "[1, 2]"]
     with gzip.open(folder / "Books_5.json.gz", "wt") as out:
         out.write("\n".join(good[:3] + bad + good[3:]) + "\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,7 +93,7 @@ def materialize(settings: Settings) -> dict[str, int]:
             continue
         (start,) = duckdb.sql(f"select min(event_timestamp) from read_parquet({new!r})").fetchall()[0]
         log.info("materializing %s: %d new files, from %s", view.name, len(new), start)
-        store.materialize(start_date=start, end_date=datetime.now(timezone.utc), feature_views=[view.name])
+        store.materialize(start_date=start, end_date=datetime.now(UTC), feature_views=[view.name])
         state[view.name] = files
         state_path.write_text(json.dumps(state, indent=1))
         loaded[view.name] = len(new)

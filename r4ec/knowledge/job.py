@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -162,7 +162,7 @@ def run_part(spec: dict) -> dict:
     started = time.perf_counter()
     chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg)
     seconds = time.perf_counter() - started
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     records = [
         {**_record(c, entity, cfg, backend.model_id, settings), "part": part, "part_seconds": seconds, "generated_at": now}
         for c in chains

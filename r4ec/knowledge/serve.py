@@ -24,7 +24,7 @@ def create_app(backend: TransformersBackend, served_name: str):
         return {"object": "list", "data": [{"id": served_name, "object": "model"}]}
 
     @app.post("/v1/chat/completions")
-    def chat(body: dict = Body(...)) -> dict:
+    def chat(body: dict = Body(...)) -> dict:  # noqa: B008 (FastAPI's way to take a JSON body)
         if body.get("model") != served_name:
             raise HTTPException(404, f"model {body.get('model')!r} is not served (only {served_name!r})")
         messages = list(body["messages"])

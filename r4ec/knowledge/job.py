@@ -222,11 +222,11 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     log.info("%s knowledge: %d entities, %d parts, %d to run (%s, %s)", entity, len(ids), len(parts), len(todo), k.strategy, k.model)
     started = time.perf_counter()
     results: list[dict] = []
-    if todo and k.backend == "transformers" and k.model == SMOLLM2:
-        smollm2_checkpoint(settings.models_dir, k.dtype)  # convert once here, not in every worker at the same time
     if todo:
         from r4ec.spark import run_parts, spark_session
 
+        if k.backend == "transformers" and k.model == SMOLLM2:
+            smollm2_checkpoint(settings.models_dir, k.dtype)  # convert once here, not in every worker at once
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
         common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}

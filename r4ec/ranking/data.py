@@ -1,0 +1,130 @@
+"""A training set (as Feast returns it) turned into tensors once; a batch is an index into them.
+
+The batch contract every backbone takes (DESIGN §6):
+    fields           [B, F] long   categorical fields (user, item, category, brand, age, gender, occupation)
+    history          [B, K, 3] long  the K previous items: item id, category, brand (oldest first, padded at the end)
+    history_ratings  [B, K] float
+    history_mask     [B, K] bool   True where a real interaction
+    knowledge        [B, N, D] float or None   N knowledge vectors (user, item), zeros where missing
+    label            [B] float
+
+Indices: one id space for all fields (each field has an offset), 0 = padding / missing, and per field one index for
+values never seen in training. History items share the item field's ids, so a target item and the same item in a
+history have the same embedding. Vocabularies come from the train split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+FIELDS = ("user_id", "item_id", "category", "brand", "age", "gender", "occupation")
+HISTORY = (("history_item_ids", "item_id"), ("history_categories", "category"), ("history_brands", "brand"))
+PAD, UNKNOWN = 0, 1  # within a field; a field's ids start at its offset
+
+
+@dataclass
+class Vocab:
+    values: dict[str, dict[str, int]]  # field -> value -> id within the field (>= 2)
+    offsets: dict[str, int]  # field -> first id of the field in the shared id space
+    size: int
+
+    @classmethod
+    def fit(cls, train: pa.Table) -> Vocab:
+        values, offsets, size = {}, {}, 1  # id 0 of the shared space is padding for every field
+        for field in FIELDS:
+            seen = set(_strings(train.column(field)))
+            for history, of_field in HISTORY:
+                if of_field == field and history in train.column_names:
+                    seen |= set(_strings(pc.list_flatten(train.column(history))))
+            seen.discard("")
+            values[field] = {value: n for n, value in enumerate(sorted(seen), start=2)}
+            offsets[field] = size - 1  # so that field id 1 (unknown) lands on size, and pad stays 0
+            size += len(values[field]) + 1
+        return cls(values, offsets, size)
+
+    def encode(self, field: str, column) -> np.ndarray:
+        """Shared-space ids of a column's values: 0 for missing, the field's 'unknown' for unseen values."""
+        lookup = self.values[field]
+        ids = np.array([lookup.get(v, UNKNOWN) if v not in (None, "") else PAD for v in _strings(column)], np.int64)
+        return np.where(ids == PAD, 0, ids + self.offsets[field])
+
+
+def _strings(column) -> list[str | None]:
+    """Values as strings (ages are numbers), None kept."""
+    return [None if v is None else str(v) for v in column.to_pylist()]
+
+
+@dataclass
+class Batch:
+    fields: torch.Tensor
+    history: torch.Tensor
+    history_ratings: torch.Tensor
+    history_mask: torch.Tensor
+    knowledge: torch.Tensor | None
+    label: torch.Tensor
+
+
+@dataclass
+class Tensors:
+    """A whole split as tensors; `batch(index)` slices every tensor the same way (no per-row Python)."""
+
+    fields: torch.Tensor
+    history: torch.Tensor
+    history_ratings: torch.Tensor
+    history_mask: torch.Tensor
+    knowledge: torch.Tensor | None
+    label: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        knowledge = None if self.knowledge is None else self.knowledge[index]
+        return Batch(self.fields[index], self.history[index], self.history_ratings[index],
+                     self.history_mask[index], knowledge, self.label[index])  # fmt: skip
+
+
+def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.ndarray:
+    """Flat list values + lengths -> [rows, width], left-aligned, the last `width` of longer lists kept."""
+    out = np.zeros((len(lengths), width), dtype)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for row, (start, length) in enumerate(zip(starts, lengths)):  # rows, not values: cheap at these sizes
+        kept = min(length, width)
+        out[row, :kept] = values[start + length - kept : start + length]
+    return out
+
+
+def _vectors(column) -> np.ndarray:
+    """list<float> column -> [rows, D] float32; a missing vector is zeros (the model sees no knowledge)."""
+    column = column.combine_chunks()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
+    width = len(flat) // max(int(valid.sum()), 1)
+    out = np.zeros((len(column), width), np.float32)
+    out[valid] = flat.reshape(-1, width)
+    return out
+
+
+def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tuple[str, ...] = ()) -> Tensors:
+    fields = np.stack([vocab.encode(field, table.column(field)) for field in FIELDS], axis=1)
+    lengths = pc.list_value_length(table.column("history_item_ids")).fill_null(0).to_numpy()
+    history = np.stack(
+        [
+            _padded(vocab.encode(of_field, pc.list_flatten(table.column(column))), lengths, history_length, np.int64)
+            for column, of_field in HISTORY
+        ],
+        axis=2,
+    )
+    ratings = pc.list_flatten(table.column("history_ratings")).to_numpy(zero_copy_only=False).astype(np.float32)
+    history_ratings = _padded(ratings, lengths, history_length, np.float32)
+    mask = np.arange(history_length)[None, :] < np.minimum(lengths, history_length)[:, None]
+    vectors = torch.from_numpy(np.stack([_vectors(table.column(c)) for c in knowledge], axis=1)) if knowledge else None
+    return Tensors(
+        torch.from_numpy(fields), torch.from_numpy(history), torch.from_numpy(history_ratings), torch.from_numpy(mask),
+        vectors, torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
+    )  # fmt: skip

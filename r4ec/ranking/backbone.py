@@ -1,0 +1,37 @@
+"""What every backbone shares: the embeddings, and the knowledge connector that turns knowledge vectors into
+extra dense fields of the embedding size (an extra field for field-interaction models)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from r4ec.ranking.connectors import CONNECTORS
+from r4ec.ranking.data import Batch
+from r4ec.ranking.layers import Embeddings, masked_mean
+
+
+class Backbone(nn.Module):
+    def __init__(
+        self, vocab_size: int, fields: int, dim: int = 16, knowledge_types: int = 0, knowledge_dim: int = 0,
+        connector: str = "mlp", dropout: float = 0.1,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.embeddings = Embeddings(vocab_size, dim)
+        self.connector = (
+            CONNECTORS[connector](knowledge_types, knowledge_dim, dim, dropout=dropout) if knowledge_types else None
+        )
+        self.dim, self.dropout = dim, dropout
+        self.n_fields = fields + 1 + knowledge_types  # categorical fields, pooled history, knowledge fields
+
+    def knowledge_fields(self, batch: Batch) -> torch.Tensor | None:
+        return None if self.connector is None else self.connector(batch.knowledge)  # [B, N, d]
+
+    def all_fields(self, batch: Batch) -> torch.Tensor:
+        """Categorical fields, the mean of the history's item embeddings, and the knowledge fields: [B, F+1+N, d]."""
+        history_items = self.embeddings.table(batch.history[:, :, 0])  # [B, K, d]
+        parts = [self.embeddings.fields(batch), masked_mean(history_items, batch.history_mask).unsqueeze(1)]
+        knowledge = self.knowledge_fields(batch)
+        if knowledge is not None:
+            parts.append(knowledge)
+        return torch.cat(parts, dim=1)

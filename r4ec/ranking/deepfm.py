@@ -1,0 +1,27 @@
+"""DeepFM (Guo et al., 2017): a factorization machine and a DNN over the same field embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from r4ec.ranking.backbone import Backbone
+from r4ec.ranking.data import Batch
+from r4ec.ranking.layers import mlp
+
+
+class DeepFM(Backbone):
+    def __init__(self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), **kw) -> None:
+        super().__init__(vocab_size, fields, **kw)
+        self.first_order = nn.Embedding(vocab_size, 1, padding_idx=0)
+        nn.init.zeros_(self.first_order.weight)
+        self.dnn = mlp([self.n_fields * self.dim, *hidden, 1], self.dropout)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        fields = self.all_fields(batch)  # [B, F', d]
+        linear = self.first_order(batch.fields).sum(dim=(1, 2))  # [B]
+        square_of_sum = fields.sum(1).pow(2)  # [B, d]
+        sum_of_squares = fields.pow(2).sum(1)  # [B, d]
+        fm = 0.5 * (square_of_sum - sum_of_squares).sum(1)  # [B]: every pairwise field interaction
+        deep = self.dnn(fields.flatten(1)).squeeze(-1)  # [B]
+        return linear + fm + deep

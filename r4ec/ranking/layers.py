@@ -1,0 +1,46 @@
+"""Pieces the backbones share: embeddings of the batch's ids, MLPs, masked attention pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from r4ec.ranking.data import Batch
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n, (size_in, size_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(size_in, size_out))
+        if n < len(sizes) - 2 or last_activation:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class Embeddings(nn.Module):
+    """One table for every field's ids (0 = padding, embedded as zeros)."""
+
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, dim, padding_idx=0)
+        nn.init.normal_(self.table.weight, std=1e-2)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+        self.dim = dim
+
+    def fields(self, batch: Batch) -> torch.Tensor:
+        return self.table(batch.fields)  # [B, F, d]
+
+    def target_item(self, batch: Batch) -> torch.Tensor:
+        """The target's item id, category and brand embeddings, side by side: [B, 3d]."""
+        return self.table(batch.fields[:, 1:4]).flatten(1)
+
+    def history(self, batch: Batch) -> torch.Tensor:
+        """The history items' id, category and brand embeddings, side by side: [B, K, 3d]."""
+        return self.table(batch.history).flatten(2)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, K, d] averaged over the True positions of [B, K]; zeros for an empty history."""
+    weights = mask.unsqueeze(-1).float()
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)

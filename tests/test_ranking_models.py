@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from r4ec.ranking.autoint import AutoInt
 from r4ec.ranking.data import FIELDS, Batch
+from r4ec.ranking.dcn import DCN
 from r4ec.ranking.deepfm import DeepFM
+from r4ec.ranking.dien import DIEN
 from r4ec.ranking.din import DIN
+from r4ec.ranking.fignn import FiGNN
+from r4ec.ranking.gru4rec import GRU4Rec
 from r4ec.ranking.logistic import LogisticRegression
 
 VOCAB, B, K, D = 60, 5, 4, 8
@@ -24,7 +29,7 @@ def batch(knowledge: bool = True, seed: int = 0) -> Batch:
     )  # fmt: skip
 
 
-MODELS = [DIN, DeepFM]
+MODELS = [DIN, DIEN, GRU4Rec, AutoInt, FiGNN, DCN, DeepFM]
 
 
 @pytest.mark.parametrize("model_class", MODELS)

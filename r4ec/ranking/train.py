@@ -1,0 +1,151 @@
+"""Train a backbone on a training set from Feast, choose the epoch on the validation split only, test once.
+
+The training set is turned into tensors once; an epoch is a seeded permutation cut into batches. Artifacts go to
+models/artifacts/<run>/: the weights of the chosen epoch, the configuration, the metrics, the feature service used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import nn
+
+from r4ec.ranking.autoint import AutoInt
+from r4ec.ranking.data import FIELDS, Tensors, Vocab, to_tensors
+from r4ec.ranking.dcn import DCN
+from r4ec.ranking.deepfm import DeepFM
+from r4ec.ranking.dien import DIEN
+from r4ec.ranking.din import DIN
+from r4ec.ranking.fignn import FiGNN
+from r4ec.ranking.gru4rec import GRU4Rec
+from r4ec.ranking.logistic import LogisticRegression
+
+log = logging.getLogger(__name__)
+
+BACKBONES: dict[str, type[nn.Module]] = {
+    "lr": LogisticRegression, "din": DIN, "dien": DIEN, "gru4rec": GRU4Rec, "autoint": AutoInt, "fignn": FiGNN,
+    "dcn": DCN, "deepfm": DeepFM,
+}  # fmt: skip
+KNOWLEDGE_COLUMNS = ("user_knowledge_vector", "item_knowledge_vector")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = "din"
+    knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative, filter
+    seed: int = 42
+    epochs: int = 10
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    dim: int = 16
+    connector: str = "mlp"
+    history_length: int = 10
+
+    @property
+    def service(self) -> str:
+        return "base" if self.knowledge == "none" else self.knowledge
+
+
+@dataclass
+class Result:
+    config: TrainConfig
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: train loss, valid auc / logloss
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def split(table: pa.Table, name: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("split"), name))
+
+
+def evaluate(model: nn.Module, tensors: Tensors, batch_size: int = 8192) -> dict[str, float]:
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(tensors), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(tensors)))
+            scores.append(torch.sigmoid(model(tensors.batch(index))))
+    predicted = torch.cat(scores).numpy().astype(np.float64)
+    labels = tensors.label.numpy()
+    return {"auc": float(roc_auc_score(labels, predicted)), "logloss": float(log_loss(labels, np.clip(predicted, 1e-7, 1 - 1e-7)))}
+
+
+def build_model(config: TrainConfig, vocab: Vocab, knowledge_dim: int) -> nn.Module:
+    if config.backbone == "lr":
+        return LogisticRegression(vocab.size)
+    types = 0 if config.knowledge == "none" else len(KNOWLEDGE_COLUMNS)
+    return BACKBONES[config.backbone](
+        vocab.size, len(FIELDS), dim=config.dim, knowledge_types=types, knowledge_dim=knowledge_dim,
+        connector=config.connector,
+    )  # fmt: skip
+
+
+def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
+    """Fit on train, keep the epoch with the best validation AUC, report test metrics of that epoch."""
+    torch.manual_seed(config.seed)
+    knowledge = () if config.knowledge == "none" else KNOWLEDGE_COLUMNS
+    train_table = split(table, "train")
+    vocab = Vocab.fit(train_table)
+    tensors = {name: to_tensors(split(table, name), vocab, config.history_length, knowledge)
+               for name in ("train", "valid", "test")}  # fmt: skip
+    knowledge_dim = 0 if tensors["train"].knowledge is None else tensors["train"].knowledge.shape[-1]
+    model = build_model(config, vocab, knowledge_dim)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(config.seed)
+    best_auc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
+    started, seen = time.perf_counter(), 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(tensors["train"]), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = tensors["train"].batch(order[start : start + config.batch_size])
+            loss = loss_fn(model(batch), batch.label)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch.label)
+        seen += len(order)
+        valid = evaluate(model, tensors["valid"])
+        history.append({"epoch": epoch, "train_logloss": total / len(order), **{f"valid_{k}": v for k, v in valid.items()}})
+        log.info("%s epoch %d: train logloss %.4f, valid auc %.4f", config.backbone, epoch, total / len(order), valid["auc"])
+        if valid["auc"] > best_auc:
+            best_auc, best_epoch, stale = valid["auc"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    result = Result(config, best_epoch, evaluate(model, tensors["valid"]), evaluate(model, tensors["test"]), history,
+                    seconds, seen / seconds)  # fmt: skip
+    return model, result
+
+
+def save(model: nn.Module, result: Result, directory: Path) -> Path:
+    """Weights, configuration and metrics of a run; returns the run folder."""
+    c = result.config
+    run = directory / f"{c.backbone}-{c.knowledge}-{c.connector}-seed{c.seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), run / "model.pt")
+    (run / "config.json").write_text(json.dumps({**asdict(c), "feature_service": c.service}, indent=2))
+    metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test, "epochs": result.history,
+               "seconds": result.seconds, "samples_per_second": result.samples_per_second}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run

@@ -70,15 +70,8 @@ class Batch:
 
 
 @dataclass
-class Tensors:
+class Tensors(Batch):
     """A whole split as tensors; `batch(index)` slices every tensor the same way (no per-row Python)."""
-
-    fields: torch.Tensor
-    history: torch.Tensor
-    history_ratings: torch.Tensor
-    history_mask: torch.Tensor
-    knowledge: torch.Tensor | None
-    label: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.label)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r4ec.data.tables import write_parquet
+from r4ec.knowledge.cache import KeyValueStore
 
 MINILM = "all-MiniLM-L6-v2"
 
@@ -43,29 +43,17 @@ class VectorCache:
     """sha256(encoder, text) -> float32 vector, in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=60)
-        self._db.execute("pragma journal_mode=wal")
-        self._db.execute("create table if not exists vectors (key text primary key, vector blob)")
-        self._db.commit()
+        self.store = KeyValueStore(path, "vectors", "vector blob")
 
     @staticmethod
     def key(encoder: str, text: str) -> str:
         return hashlib.sha256(f"{encoder}\0{text}".encode()).hexdigest()
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
-        found = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            query = f"select key, vector from vectors where key in ({','.join('?' * len(chunk))})"
-            for key, blob in self._db.execute(query, chunk):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
-        return found
+        return {k: np.frombuffer(blob, dtype=np.float32) for k, (blob,) in self.store.get_many(keys).items()}
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        rows = [(k, v.astype(np.float32).tobytes()) for k, v in items.items()]
-        self._db.executemany("insert or replace into vectors values (?, ?)", rows)
-        self._db.commit()
+        self.store.put_many({k: (v.astype(np.float32).tobytes(),) for k, v in items.items()})
 
 
 class TextEncoder:
@@ -180,7 +168,7 @@ def encode_knowledge(settings, entity: str) -> EncodeSummary:
     from r4ec.knowledge.job import output_dir
     from r4ec.spark import run_parts, spark_session
 
-    source = output_dir(settings.model_copy(update={"data_dir": settings.data_dir.resolve()}), entity)
+    source = output_dir(settings, entity)  # absolute: every path property resolves data_dir
     parts = sorted(source.glob("part-*.parquet"))
     if not parts:
         raise EncoderError(f"{source}: no knowledge parts: run `r4ec knowledge generate` first")
@@ -200,8 +188,9 @@ def encode_knowledge(settings, entity: str) -> EncodeSummary:
         common = {"entity": entity, "encoder": k.encoder, "batch_size": k.encoder_batch_size,
                   "cache": str(settings.data_dir.resolve() / "cache" / "vectors.sqlite")}  # fmt: skip
         specs = [{**common, "source": str(p), "target": str(target / p.name)} for p in todo]
-        outputs = {target / p.name: pq.read_metadata(p).num_rows for p in todo}
-        total = sum(pq.read_metadata(p).num_rows for p in parts)
+        rows_in = {p: pq.read_metadata(p).num_rows for p in parts}
+        outputs = {target / p.name: rows_in[p] for p in todo}
+        total = sum(rows_in.values())
         encoded = sum(r["encoded"] for r in run_parts(spark, encode_part, specs, outputs, total, target.name))
     rows = sum(pq.read_metadata(p).num_rows for p in target.glob("part-*.parquet"))
     return EncodeSummary(target, k.encoder, rows, len(todo), encoded, time.perf_counter() - started)

@@ -22,41 +22,53 @@ def answer_key(model_id: str, request: Request, config: GenerationConfig) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class AnswerCache:
-    def __init__(self, path: Path) -> None:
+class KeyValueStore:
+    """One SQLite table (WAL, safe for several worker processes) of key -> value columns; lookups in chunks."""
+
+    def __init__(self, path: Path, table: str, columns: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path, self.table = path, table
+        self.width = len(columns.split(","))
         self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
         self._db.execute("pragma journal_mode=wal")
-        self._db.execute(
-            "create table if not exists answers (key text primary key, text text, tokens_in int, tokens_out int)"
-        )
+        self._db.execute(f"create table if not exists {table} (key text primary key, {columns})")
         self._db.commit()
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Generation]:
-        found: dict[str, Generation] = {}
+    def get_many(self, keys: Sequence[str]) -> dict[str, tuple]:
+        found: dict[str, tuple] = {}
         for start in range(0, len(keys), 500):
             chunk = list(keys[start : start + 500])
-            rows = self._db.execute(
-                f"select key, text, tokens_in, tokens_out from answers where key in ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            for key, text, tokens_in, tokens_out in rows:
-                found[key] = Generation(text, tokens_in, tokens_out, cached=True)
+            query = f"select * from {self.table} where key in ({','.join('?' * len(chunk))})"
+            for key, *values in self._db.execute(query, chunk):
+                found[key] = tuple(values)
         return found
 
-    def put_many(self, items: dict[str, Generation]) -> None:
+    def put_many(self, items: dict[str, tuple]) -> None:
+        marks = ", ".join("?" * (self.width + 1))
         self._db.executemany(
-            "insert or replace into answers values (?, ?, ?, ?)",
-            [(key, g.text, g.tokens_in, g.tokens_out) for key, g in items.items()],
+            f"insert or replace into {self.table} values ({marks})", [(key, *values) for key, values in items.items()]
         )
         self._db.commit()
 
     def __len__(self) -> int:
-        return self._db.execute("select count(*) from answers").fetchone()[0]
+        return self._db.execute(f"select count(*) from {self.table}").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+
+
+class AnswerCache:
+    def __init__(self, path: Path) -> None:
+        self.store = KeyValueStore(path, "answers", "text text, tokens_in int, tokens_out int")
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Generation]:
+        return {key: Generation(*values, cached=True) for key, values in self.store.get_many(keys).items()}
+
+    def put_many(self, items: dict[str, Generation]) -> None:
+        self.store.put_many({key: (g.text, g.tokens_in, g.tokens_out) for key, g in items.items()})
+
+    def __len__(self) -> int:
+        return len(self.store)
 
 
 class CachedBackend:

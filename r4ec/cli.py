@@ -16,6 +16,7 @@ from r4ec.config import Settings
 log = logging.getLogger("r4ec")
 
 
+BACKBONE_NAMES = ("lr", "din", "dien", "gru4rec", "autoint", "fignn", "dcn", "deepfm")  # r4ec.ranking.train.BACKBONES
 KNOWLEDGE_OPTIONS = (
     "backend", "model", "strategy", "rounds", "samples", "limit", "partition_size", "spark_master", "encoder",
 )  # fmt: skip
@@ -132,6 +133,50 @@ def cmd_features_lookup(args: argparse.Namespace) -> None:
     print(frame.to_string(max_colwidth=40))
 
 
+def _test_auc(run: Path) -> float:
+    return json.loads((run / "metrics.json").read_text())["test"]["auc"]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from r4ec.features.store import apply
+    from r4ec.ranking.experiment import run_experiments
+    from r4ec.ranking.train import BACKBONES, TrainConfig
+
+    settings = _settings(args)
+    apply(settings)  # the registry's knowledge views are those of these settings' runs
+    torch.set_num_threads(args.threads)
+    every = [b for b in BACKBONES if b != "lr"]
+    backbones = list(dict.fromkeys(b for name in args.backbone for b in (every if name == "all" else [name])))
+    options = {name: getattr(args, name) for name in ("epochs", "patience", "batch_size", "learning_rate", "dim",
+                                                       "connector") if getattr(args, name) is not None}  # fmt: skip
+    lr_options = {k: v for k, v in options.items() if k != "connector"}  # no knowledge, so no connector
+    configs = [
+        TrainConfig(backbone=backbone, knowledge=knowledge, knowledge_limit=settings.knowledge.limit, seed=seed,
+                    **(lr_options if backbone == "lr" else options))
+        for backbone in backbones
+        for knowledge in (["none"] if backbone == "lr" else args.knowledge)
+        for seed in args.seeds or [settings.seed]
+    ]  # fmt: skip
+    for run in run_experiments(settings, configs, overwrite=args.overwrite):
+        metrics = json.loads((run / "metrics.json").read_text())
+        print(f"{run.name}: best epoch {metrics['best_epoch']}, test AUC {metrics['test']['auc']:.4f}, "
+              f"LogLoss {metrics['test']['logloss']:.4f} -> {run}")  # fmt: skip
+    print("table of every finished run: .venv/bin/r4ec report")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from r4ec.ranking.report import write_report
+
+    settings = _settings(args)
+    report = write_report(settings.artifacts_dir, args.output_dir or settings.reports_dir, settings.dataset)
+    print(report.markdown)
+    print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}")
+    if report.below_floor:
+        print(f"r4ec: warning: Base {', '.join(report.below_floor)} do not beat logistic regression", file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.data import load_dataset
     from r4ec.encoding import encode_knowledge
@@ -151,8 +196,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         vectors = encode_knowledge(settings, entity).line()
         return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
+    registered: list[str] = []
+
     def features() -> str:
-        services = apply(settings)
+        services = registered[:] = apply(settings)
         materialize(settings)
         strategy = settings.knowledge.strategy
         path, frame = write_training_set(settings, strategy if strategy in services else "base")
@@ -165,12 +212,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
             f"vectors reach {covered['user']:.1%} (user) and {covered['item']:.1%} (item) of the samples"
         )
 
+    def ranking() -> str:
+        import torch
+
+        from r4ec.ranking.experiment import run_experiments
+        from r4ec.ranking.report import write_report
+        from r4ec.ranking.train import TrainConfig
+
+        torch.set_num_threads(1)
+        strategy = settings.knowledge.strategy
+        knowledge = ["none", strategy] if strategy in registered else ["none"]
+        configs = [TrainConfig(backbone="lr", seed=settings.seed)]
+        limit = settings.knowledge.limit
+        configs += [TrainConfig(backbone="din", knowledge=k, knowledge_limit=limit, seed=settings.seed) for k in knowledge]
+        run_experiments(settings, configs)
+        report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset)
+        aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)
+        return f"ranking: test AUC {aucs}; Table 2 of all {report.runs} finished runs at {report.markdown_path}"
+
     steps = [
         ("data load", lambda: load_dataset(settings).line()),
         ("marts build", lambda: build_marts(settings).line()),
         ("user knowledge and vectors", lambda: knowledge("user")),
         ("item knowledge and vectors", lambda: knowledge("item")),
         ("feature store", features),
+        ("ranking", ranking),
     ]
     started = time.perf_counter()
     lines = []
@@ -293,6 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--items", nargs="+", required=True)
     lookup.add_argument("--service", default="base")
 
+    train = command(
+        stages,
+        "train",
+        cmd_train,
+        "Train CTR backbones on point-in-time training sets from Feast (retrieved when missing or older than their "
+        "sources); the epoch is chosen on the validation split only. Each run goes to "
+        "DATA_DIR/models/artifacts/DATASET/BACKBONE-KNOWLEDGE-CONNECTOR-seedS/; finished runs are skipped.",
+    )
+    train.add_argument("--backbone", nargs="+", default=["din"], choices=[*BACKBONE_NAMES, "all"],
+                       help="one or more backbones; all = every backbone but lr (default: din)")  # fmt: skip
+    train.add_argument("--knowledge", nargs="+", default=["none"], choices=["none", "single", "iterative", "filter"],
+                       help="feature service of the knowledge run; none = base features (default: none)")  # fmt: skip
+    train.add_argument("--seeds", nargs="+", type=int, help="several seeds (default: --seed)")
+    train.add_argument("--epochs", type=int, help="at most this many epochs (default: 10)")
+    train.add_argument("--patience", type=int, help="stop after this many epochs without a better valid AUC (default: 2)")
+    train.add_argument("--batch-size", type=int, help="default: 1024")
+    train.add_argument("--learning-rate", type=float, help="Adam's step size (default: 1e-2 for lr, else 3e-3)")
+    train.add_argument("--dim", type=int, help="embedding size (default: 16)")
+    train.add_argument("--connector", choices=["mlp", "experts"], help="knowledge connector (default: mlp)")
+    train.add_argument("--threads", type=int, default=1, help="torch threads; the models are small (default: 1)")
+    train.add_argument("--overwrite", action="store_true", help="retrain runs that are already finished")
+    report = command(
+        stages,
+        "report",
+        cmd_report,
+        "Table 2 of every finished run: test AUC and LogLoss per backbone x knowledge, mean ± std over seeds, "
+        "relative improvement over Base, logistic regression first; as Markdown and PNG.",
+    )
+    report.add_argument("--output-dir", type=Path, help="default: DATA_DIR/reports/DATASET")
+
     demo = command(
         stages,
         "demo",
@@ -314,13 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     from r4ec.data import DataError
     from r4ec.encoding import EncoderError
+    from r4ec.features.store import FeaturesError
     from r4ec.knowledge.backends import BackendError
     from r4ec.knowledge.job import KnowledgeError
     from r4ec.marts import MartsError
+    from r4ec.ranking import RankingError
 
     try:
         args.func(args)
-    except (DataError, MartsError, KnowledgeError, BackendError, EncoderError) as error:
+    except (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError) as error:
         print(f"r4ec: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:

@@ -179,6 +179,20 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "feast" / self.dataset
 
     @property
+    def training_dir(self) -> Path:
+        """Point-in-time training sets from Feast, one parquet file per feature service."""
+        return self.data_dir.resolve() / "training" / self.dataset
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Trained CTR models, one folder per run."""
+        return self.models_dir / "artifacts" / self.dataset
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir.resolve() / "reports" / self.dataset
+
+    @property
     def answer_cache_path(self) -> Path:
         return self.data_dir.resolve() / "cache" / "answers.sqlite"
 

@@ -19,6 +19,14 @@ def _isolated_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("R4EC_CONFIG", str(tmp_path / "absent.toml"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The test models are tiny; on a busy 2-core machine two torch threads each were 20-50x slower than one."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def downloads(tmp_path_factory) -> Path:
     """One download of RecBole's wheel for the whole session."""

@@ -1,4 +1,5 @@
-"""Small files in the original formats of ml-1m and Amazon Books 2018, written by the tests themselves."""
+"""Small files in the original formats of ml-1m and Amazon Books 2018, and knowledge-vector parts, written by the
+tests themselves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import gzip
 import json
 import random
 from pathlib import Path
+
+import pyarrow as pa
+
+from r4ec.config import Settings
+from r4ec.data.tables import write_parquet
+from r4ec.encoding import vectors_schema
+from r4ec.features.repo.sources import vectors_path
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
 DAY = 86_400
@@ -73,3 +81,12 @@ def write_amazon(folder: Path, n_users: int = 40, n_items: int = 30, seed: int =
             }
             out.write(json.dumps(record) + "\n")
     return reviews
+
+
+def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple]) -> None:
+    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`."""
+    table = pa.Table.from_pylist(
+        [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "texts": 1, "encoder": "test"} for i, t, fill in rows],
+        schema=vectors_schema(entity),
+    )
+    write_parquet(table, vectors_path(settings, entity, strategy) / f"part-{part:05d}.parquet")

@@ -49,9 +49,15 @@ def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tin
         assert f"{entity}_knowledge: 3 entities in 1 parts at {folder}" in out
         assert pq.read_table(folder).num_rows == 3
         assert pq.read_table(folder.with_name(f"{entity}_knowledge_vectors")).num_rows == 3
-    training = tmp_path / "training" / "ml-100k" / "iterative.parquet"
+    training = tmp_path / "training" / "ml-100k" / "iterative-sample3.parquet"
     assert f"feast: services base, iterative; training set of 89,627 samples at {training}" in out
     assert pq.read_metadata(training).num_rows == 89_627
+    table = tmp_path / "reports" / "ml-100k" / "table2.md"
+    assert "ranking: test AUC lr none: 0.7" in out and f"Table 2 of all 3 finished runs at {table}" in out
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:3] for row in rows[1:]] == [
+        ["| LR", "Base", "1"], ["| DIN", "Base", "1"], ["| ", "iterative (R4ec), sample 3", "1"]
+    ]
 
 
 @pytest.mark.parametrize("job, says", [("generate_knowledge.py", "Generate user or item knowledge"),

@@ -8,14 +8,11 @@ from datetime import timedelta
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from r4ec.config import Settings
-from r4ec.data.tables import write_parquet
-from r4ec.encoding import vectors_schema
 from r4ec.features import store
-from r4ec.features.repo.sources import vectors_path
+from tests.sample_files import write_vectors
 
 pytestmark = pytest.mark.integration
 KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
@@ -24,15 +21,6 @@ KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
 def feast_settings(ml1m: Settings, tmp_path, **features) -> Settings:
     shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
     return Settings(data_dir=tmp_path, dataset="ml-1m", features=features)
-
-
-def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple]) -> None:
-    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`."""
-    table = pa.Table.from_pylist(
-        [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "texts": 1, "encoder": "test"} for i, t, fill in rows],
-        schema=vectors_schema(entity),
-    )
-    write_parquet(table, vectors_path(settings, entity, strategy) / f"part-{part:05d}.parquet")
 
 
 def samples(settings: Settings):

@@ -1,7 +1,9 @@
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
+from r4ec.ranking import RankingError
 from r4ec.ranking.data import FIELDS, Vocab, to_tensors
 
 
@@ -54,3 +56,16 @@ def test_longer_histories_keep_the_latest():
     assert tensors.history[0, :, 0].tolist() == vocab.encode("item_id", pa.chunked_array([["i5", "i6"]])).tolist()
     assert np.all(tensors.history_mask.numpy())
     assert tensors.knowledge is None
+
+
+def test_a_split_without_knowledge_keeps_the_width_and_no_knowledge_at_all_is_an_error():
+    """A sampled knowledge run may reach no valid sample: that split's vectors are zeros of the same width."""
+    rows = table([*TRAIN.to_pylist(), row("u3", "i1", "Drama", [("i2", "Comedy")], split="valid", vector=None)])
+    vocab = Vocab.fit(TRAIN)
+    tensors = to_tensors(rows, vocab, history_length=3, knowledge=("user_knowledge_vector",))
+    valid = tensors.subset(torch.tensor([2]))
+    assert len(valid) == 1 and valid.knowledge.shape == (1, 1, 2) and not valid.knowledge.any()
+    nothing = rows.set_column(rows.schema.get_field_index("user_knowledge_vector"), "user_knowledge_vector",
+                              pa.nulls(3, pa.list_(pa.float32())))  # fmt: skip
+    with pytest.raises(RankingError, match="no sample of the training set has a user_knowledge_vector"):
+        to_tensors(nothing, vocab, history_length=3, knowledge=("user_knowledge_vector",))

@@ -24,7 +24,7 @@ def batch(knowledge: bool = True, seed: int = 0) -> Batch:
     history = torch.randint(1, VOCAB, (B, K, 3), generator=g) * mask.unsqueeze(-1)  # padding is id 0
     return Batch(
         fields=torch.randint(1, VOCAB, (B, len(FIELDS)), generator=g), history=history,
-        history_ratings=torch.rand(B, K, generator=g) * mask, history_mask=mask,
+        history_ratings=torch.randint(1, 6, (B, K), generator=g).float() * mask, history_mask=mask,
         knowledge=torch.randn(B, 2, D, generator=g) if knowledge else None, label=torch.ones(B),
     )  # fmt: skip
 
@@ -52,10 +52,14 @@ def test_padded_history_positions_do_not_matter(model_class):
     original = batch(knowledge=False)
     noisy = batch(knowledge=False)
     noisy.history = torch.where(noisy.history_mask.unsqueeze(-1), noisy.history, torch.randint(1, VOCAB, noisy.history.shape))
+    noisy.history_ratings = torch.where(noisy.history_mask, noisy.history_ratings, torch.randint(1, 6, (B, K)).float())
     assert torch.allclose(model(original), model(noisy), atol=1e-6)
     real = batch(knowledge=False)
     real.history[0, 0, 0] = 1 if real.history[0, 0, 0] != 1 else 2  # another item at a real position
     assert not torch.allclose(model(original)[0], model(real)[0])  # a real position does matter
+    rated = batch(knowledge=False)
+    rated.history_ratings[0, 0] = 1.0 if rated.history_ratings[0, 0] != 1 else 5.0  # another rating of a real item
+    assert not torch.allclose(model(original)[0], model(rated)[0])
 
 
 def test_logistic_regression_is_a_sum_of_field_weights():

@@ -13,7 +13,7 @@ import torch
 from r4ec.config import Settings
 from r4ec.features import store
 from r4ec.ranking.data import Vocab, to_tensors
-from r4ec.ranking.train import TrainConfig, build_model, evaluate, save, split, train
+from r4ec.ranking.train import BACKBONES, TrainConfig, build_model, evaluate, save, split, train
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +29,9 @@ def training_table(ml100k, tmp_path_factory) -> pa.Table:
     return pa.Table.from_pandas(frame[frame.user_id.isin(users)], preserve_index=False)
 
 
-def test_training_lowers_validation_loss(training_table, tmp_path):
-    config = TrainConfig(backbone="deepfm", epochs=2, patience=2, batch_size=512)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_training_lowers_validation_loss(training_table, tmp_path, backbone):
+    config = TrainConfig(backbone=backbone, epochs=2, patience=2, batch_size=512)
     vocab = Vocab.fit(split(training_table, "train"))
     torch.manual_seed(config.seed)  # the initial weights train() starts from
     untrained = evaluate(build_model(config, vocab, 0), to_tensors(split(training_table, "valid"), vocab, 10))

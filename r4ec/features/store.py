@@ -100,6 +100,35 @@ def materialize(settings: Settings) -> dict[str, int]:
     return loaded
 
 
+class FeaturesError(Exception):
+    """A feature store request that cannot be served, in one line."""
+
+
+def service_sources(settings: Settings, service: str) -> list[Path]:
+    """The files a training set from `service` is built from: the CTR samples and every source file of its views."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    store = feature_store(settings)
+    try:
+        projections = store.get_feature_service(service).feature_view_projections
+    except FeatureServiceNotFoundException:
+        known = ", ".join(sorted(s.name for s in store.list_feature_services())) or "none"
+        raise FeaturesError(
+            f"feature service '{service}' is not registered (registered: {known}); encode that knowledge run and "
+            "run `r4ec features apply`"
+        ) from None
+    files = [settings.marts_dir / "ctr_samples.parquet"]
+    for projection in projections:
+        files += _source_files(store.get_feature_view(projection.name))
+    return files
+
+
+def training_set_path(settings: Settings, service: str) -> Path:
+    """training/DATASET/SERVICE[-sampleN].parquet: a knowledge service registered from a sampled run says so."""
+    limit = settings.knowledge.limit
+    return settings.training_dir / f"{service}{f'-sample{limit}' if limit and service != 'base' else ''}.parquet"
+
+
 def training_set(settings: Settings, samples: pd.DataFrame, service: str) -> pd.DataFrame:
     """The samples (user_id, item_id, event_timestamp, ...) with each feature as of the sample's own time."""
     store = feature_store(settings)
@@ -135,6 +164,6 @@ def write_training_set(settings: Settings, service: str, output: Path | None = N
     from r4ec.data.tables import write_parquet
 
     frame = training_set(settings, ctr_samples(settings), service)
-    path = output or settings.data_dir.resolve() / "training" / settings.dataset / f"{service}.parquet"
+    path = output or training_set_path(settings, service)
     write_parquet(pa.Table.from_pandas(frame, preserve_index=False), path)
     return path, frame

@@ -22,15 +22,21 @@ class Backbone(nn.Module):
             CONNECTORS[connector](knowledge_types, knowledge_dim, dim, dropout=dropout) if knowledge_types else None
         )
         self.dim, self.dropout = dim, dropout
-        self.n_fields = fields + 1 + knowledge_types  # categorical fields, pooled history, knowledge fields
+        self.n_fields = fields + 2 + knowledge_types  # categorical fields, pooled history items and ratings, knowledge
 
     def knowledge_fields(self, batch: Batch) -> torch.Tensor | None:
         return None if self.connector is None else self.connector(batch.knowledge)  # [B, N, d]
 
     def all_fields(self, batch: Batch) -> torch.Tensor:
-        """Categorical fields, the mean of the history's item embeddings, and the knowledge fields: [B, F+1+N, d]."""
+        """Categorical fields, the means of the history's item and rating embeddings, and the knowledge fields:
+        [B, F+2+N, d]."""
         history_items = self.embeddings.table(batch.history[:, :, 0])  # [B, K, d]
-        parts = [self.embeddings.fields(batch), masked_mean(history_items, batch.history_mask).unsqueeze(1)]
+        history_ratings = self.embeddings.rating_field(self.embeddings.rating_ids(batch))  # [B, K, d]
+        parts = [
+            self.embeddings.fields(batch),
+            masked_mean(history_items, batch.history_mask).unsqueeze(1),
+            masked_mean(history_ratings, batch.history_mask).unsqueeze(1),
+        ]
         knowledge = self.knowledge_fields(batch)
         if knowledge is not None:
             parts.append(knowledge)

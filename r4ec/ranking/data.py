@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from r4ec.ranking import RankingError
+
 FIELDS = ("user_id", "item_id", "category", "brand", "age", "gender", "occupation")
 HISTORY = (("history_item_ids", "item_id"), ("history_categories", "category"), ("history_brands", "brand"))
 PAD, UNKNOWN = 0, 1  # within a field; a field's ids start at its offset
@@ -81,6 +83,9 @@ class Tensors(Batch):
         return Batch(self.fields[index], self.history[index], self.history_ratings[index],
                      self.history_mask[index], knowledge, self.label[index])  # fmt: skip
 
+    def subset(self, index: torch.Tensor) -> Tensors:
+        return Tensors(**vars(self.batch(index)))
+
 
 def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.ndarray:
     """Flat list values + lengths -> [rows, width], left-aligned, the last `width` of longer lists kept."""
@@ -92,10 +97,12 @@ def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.nd
     return out
 
 
-def _vectors(column) -> np.ndarray:
+def _vectors(table: pa.Table, name: str) -> np.ndarray:
     """list<float> column -> [rows, D] float32; a missing vector is zeros (the model sees no knowledge)."""
-    column = column.combine_chunks()
+    column = table.column(name).combine_chunks()
     valid = column.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.any():
+        raise RankingError(f"no sample of the training set has a {name}: was that knowledge run encoded?")
     flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
     width = len(flat) // max(int(valid.sum()), 1)
     out = np.zeros((len(column), width), np.float32)
@@ -116,7 +123,7 @@ def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tu
     ratings = pc.list_flatten(table.column("history_ratings")).to_numpy(zero_copy_only=False).astype(np.float32)
     history_ratings = _padded(ratings, lengths, history_length, np.float32)
     mask = np.arange(history_length)[None, :] < np.minimum(lengths, history_length)[:, None]
-    vectors = torch.from_numpy(np.stack([_vectors(table.column(c)) for c in knowledge], axis=1)) if knowledge else None
+    vectors = torch.from_numpy(np.stack([_vectors(table, c) for c in knowledge], axis=1)) if knowledge else None
     return Tensors(
         torch.from_numpy(fields), torch.from_numpy(history), torch.from_numpy(history_ratings), torch.from_numpy(mask),
         vectors, torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),

@@ -17,15 +17,26 @@ def mlp(sizes: list[int], dropout: float = 0.0, last_activation: bool = False) -
     return nn.Sequential(*layers)
 
 
+RATING_LEVELS = 5  # star ratings 1..5; 0 is padding
+
+
+def _table(rows: int, dim: int) -> nn.Embedding:
+    table = nn.Embedding(rows, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=1e-2)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
 class Embeddings(nn.Module):
-    """One table for every field's ids (0 = padding, embedded as zeros)."""
+    """One table for every field's ids (0 = padding, embedded as zeros), and the ratings of the history: the rating
+    a user gave is what tells a liked item from a disliked one."""
 
     def __init__(self, vocab_size: int, dim: int) -> None:
         super().__init__()
-        self.table = nn.Embedding(vocab_size, dim, padding_idx=0)
-        nn.init.normal_(self.table.weight, std=1e-2)
-        with torch.no_grad():
-            self.table.weight[0].zero_()
+        self.table = _table(vocab_size, dim)
+        self.rating_of_item = _table(RATING_LEVELS + 1, 3 * dim)  # added to a history item's [id, category, brand]
+        self.rating_field = _table(RATING_LEVELS + 1, dim)  # averaged over the history: one field
         self.dim = dim
 
     def fields(self, batch: Batch) -> torch.Tensor:
@@ -35,9 +46,13 @@ class Embeddings(nn.Module):
         """The target's item id, category and brand embeddings, side by side: [B, 3d]."""
         return self.table(batch.fields[:, 1:4]).flatten(1)
 
+    def rating_ids(self, batch: Batch) -> torch.Tensor:
+        """[B, K] rating levels 1..5 of the history, 0 at padding."""
+        return batch.history_ratings.round().long().clamp(0, RATING_LEVELS) * batch.history_mask
+
     def history(self, batch: Batch) -> torch.Tensor:
-        """The history items' id, category and brand embeddings, side by side: [B, K, 3d]."""
-        return self.table(batch.history).flatten(2)
+        """The history items' id, category and brand embeddings side by side, plus the rating's: [B, K, 3d]."""
+        return self.table(batch.history).flatten(2) + self.rating_of_item(self.rating_ids(batch))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

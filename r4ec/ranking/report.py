@@ -1,0 +1,150 @@
+"""The paper's Table 2 on our data: test AUC and LogLoss per backbone x knowledge, mean ± std over seeds, and the
+relative improvement over the same backbone's Base. Logistic regression on the one-hot fields is the first row:
+the floor every backbone's Base must beat."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r4ec.ranking import RankingError
+from r4ec.ranking.train import BACKBONES, KNOWLEDGE
+
+LABELS = {"none": "Base", "single": "single (KAR/R2ec)", "iterative": "iterative (R4ec)", "filter": "filter"}
+NAMES = {"lr": "LR", "din": "DIN", "dien": "DIEN", "gru4rec": "GRU4Rec", "autoint": "AutoInt", "fignn": "FiGNN",
+         "dcn": "DCN", "deepfm": "DeepFM"}  # fmt: skip
+
+
+@dataclass
+class Row:
+    backbone: str
+    knowledge: str
+    limit: int | None  # knowledge generated for a sample of this many users and items
+    connector: str
+    seeds: list[int] = field(default_factory=list)
+    auc: list[float] = field(default_factory=list)
+    logloss: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        label = LABELS[self.knowledge] + (f", sample {self.limit}" if self.limit else "")
+        return label + ("" if self.connector == "mlp" or self.knowledge == "none" else f", {self.connector}")
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(getattr(self, metric))
+
+    def spread(self, metric: str) -> str:
+        values = getattr(self, metric)
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        return f"{self.mean(metric):.4f} ± {std:.4f}" if len(values) > 1 else f"{self.mean(metric):.4f}"
+
+
+def collect(artifacts: Path) -> list[Row]:
+    """Every finished run under `artifacts`, grouped by backbone, knowledge and connector, in the table's order."""
+    rows: dict[tuple, Row] = {}
+    for metrics_file in sorted(artifacts.glob("*/metrics.json")):
+        config = json.loads((metrics_file.parent / "config.json").read_text())
+        test = json.loads(metrics_file.read_text())["test"]
+        connector = "mlp" if config["backbone"] == "lr" else config["connector"]
+        limit = config.get("knowledge_limit") if config["knowledge"] != "none" else None
+        key = (config["backbone"], config["knowledge"], limit, connector)
+        row = rows.setdefault(key, Row(*key))
+        row.seeds.append(config["seed"])
+        row.auc.append(test["auc"])
+        row.logloss.append(test["logloss"])
+    order = list(BACKBONES)
+    return sorted(
+        rows.values(),
+        key=lambda r: (order.index(r.backbone), KNOWLEDGE.index(r.knowledge), r.limit or 0, r.connector != "mlp", r.connector),
+    )
+
+
+def base_of(rows: list[Row], row: Row) -> Row | None:
+    return next((r for r in rows if r.backbone == row.backbone and r.knowledge == "none"), None)
+
+
+def below_floor(rows: list[Row]) -> list[str]:
+    """Backbones whose Base mean test AUC does not beat logistic regression's: a bug to find, not a result."""
+    floor = next((r for r in rows if r.backbone == "lr" and r.knowledge == "none"), None)
+    if floor is None:
+        return []
+    return [r.backbone for r in rows if r.backbone != "lr" and r.knowledge == "none" and r.mean("auc") <= floor.mean("auc")]
+
+
+def markdown(rows: list[Row], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| Backbone | Knowledge | Seeds | AUC ↑ | Rel. impr. | LogLoss ↓ | Rel. impr. |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    previous = None
+    for row in rows:
+        base = base_of(rows, row)
+        auc_gain = ll_gain = ""
+        if base is not None and row is not base:
+            auc_gain = f"{(row.mean('auc') - base.mean('auc')) / base.mean('auc'):+.2%}"
+            ll_gain = f"{(base.mean('logloss') - row.mean('logloss')) / base.mean('logloss'):+.2%}"
+        name = NAMES.get(row.backbone, row.backbone) if row.backbone != previous else ""
+        previous = row.backbone
+        lines.append(f"| {name} | {row.label} | {len(row.seeds)} | {row.spread('auc')} | {auc_gain} | "
+                     f"{row.spread('logloss')} | {ll_gain} |")  # fmt: skip
+    lines += ["", "Test split; mean ± sample standard deviation over seeds. Rel. impr. against the same backbone's "
+              "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """Grouped bars of test AUC (error bars: std over seeds), one group per backbone; LR as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backbones = [b for b in BACKBONES if b != "lr" and any(r.backbone == b for r in rows)]
+    variants = list(dict.fromkeys(r.label for r in rows if r.backbone != "lr"))
+    width = 0.8 / max(len(variants), 1)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.3 * len(backbones) + 2), 4.2))
+    for n, variant in enumerate(variants):
+        chosen = [next((r for r in rows if r.backbone == b and r.label == variant), None) for b in backbones]
+        xs = [i + (n - (len(variants) - 1) / 2) * width for i, r in enumerate(chosen) if r is not None]
+        present = [r for r in chosen if r is not None]
+        errors = [statistics.stdev(r.auc) if len(r.auc) > 1 else 0.0 for r in present]
+        axes.bar(xs, [r.mean("auc") for r in present], width, yerr=errors, capsize=3, label=variant)
+    values = [r.mean("auc") for r in rows]
+    floor = next((r for r in rows if r.backbone == "lr"), None)
+    if floor is not None:
+        axes.axhline(floor.mean("auc"), color="grey", linestyle="--", linewidth=1, label="LR (Base)")
+    axes.set_ylim(min(values) - 0.01, max(values) + 0.01)
+    axes.set_xticks(range(len(backbones)), [NAMES.get(b, b) for b in backbones])
+    axes.set_ylabel("test AUC")
+    axes.set_title(title)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(variants) + 1, frameon=False)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@dataclass
+class Report:
+    markdown: str
+    markdown_path: Path
+    plot_path: Path
+    below_floor: list[str]
+    runs: int
+
+
+def write_report(artifacts: Path, out_dir: Path, dataset: str) -> Report:
+    rows = collect(artifacts)
+    if not rows:
+        raise RankingError(f"no finished runs under {artifacts}; train some with `r4ec train` first")
+    title = f"Table 2 on {dataset}: CTR backbones with LLM knowledge"
+    text = markdown(rows, title)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown_path, plot_path = out_dir / "table2.md", out_dir / "table2.png"
+    markdown_path.write_text(text + "\n")
+    plot(rows, plot_path, f"{dataset}: test AUC, mean ± std over seeds")
+    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows))

@@ -1,0 +1,100 @@
+"""`r4ec train` and `r4ec report` on real Feast training sets of ml-100k (cut to 200 users to stay quick)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from r4ec.cli import BACKBONE_NAMES, main
+from r4ec.config import Settings
+from r4ec.data.tables import write_parquet
+from tests.sample_files import write_vectors
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def data_dir(ml100k, tmp_path_factory):
+    """ml-100k marts whose CTR samples are those of 200 users, with 'single' knowledge vectors for every user and
+    item (random, dated at each one's first sample) and the feature services registered."""
+    root = tmp_path_factory.mktemp("train-cli")
+    settings = Settings(data_dir=root)
+    shutil.copytree(ml100k.marts_dir, settings.marts_dir)
+    samples = settings.marts_dir / "ctr_samples.parquet"
+    cut = duckdb.sql(f"from read_parquet('{samples}') where user_id in "
+                     f"(select distinct user_id from read_parquet('{samples}') order by user_id limit 200)")  # fmt: skip
+    frame = cut.df()
+    write_parquet(cut.to_arrow_table(), samples)
+    for entity in ("user", "item"):
+        first = frame.groupby(f"{entity}_id").event_timestamp.min()
+        rows = [(key, when, fill) for fill, (key, when) in enumerate(first.items())]
+        write_vectors(settings, entity, "single", 0, [(k, t, (f % 7) / 7) for k, t, f in rows])
+    assert main(["features", "apply", "--data-dir", str(root)]) == 0
+    return root
+
+
+def test_backbone_names_are_the_trainable_backbones():
+    from r4ec.ranking.train import BACKBONES
+
+    assert list(BACKBONE_NAMES) == list(BACKBONES)
+
+
+def test_train_saves_runs_skips_finished_ones_and_rebuilds_stale_training_sets(data_dir, capsys):
+    argv = ["train", "--data-dir", str(data_dir), "--backbone", "lr", "din", "--knowledge", "none", "single",
+            "--seeds", "1", "2", "--epochs", "2"]  # fmt: skip
+    assert main(argv) == 0
+    artifacts = data_dir / "models" / "artifacts" / "ml-100k"
+    runs = sorted(p.name for p in artifacts.iterdir())
+    assert runs == [f"{b}-{k}-mlp-seed{s}" for b, k in (("din", "none"), ("din", "single"), ("lr", "none")) for s in (1, 2)]
+    config = json.loads((artifacts / "din-single-mlp-seed1" / "config.json").read_text())
+    training = data_dir / "training" / "ml-100k" / "single.parquet"
+    assert config["feature_service"] == "single" and config["training_set"] == str(training)
+    assert config["training_rows"] == pq.read_metadata(training).num_rows == pq.read_metadata(
+        data_dir / "marts" / "ml-100k" / "ctr_samples.parquet").num_rows  # fmt: skip
+    assert "user_knowledge_vector" in pq.read_schema(training).names
+    metrics = json.loads((artifacts / "din-single-mlp-seed1" / "metrics.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= 2 and len(metrics["epochs"]) == 2 and 0.5 < metrics["test"]["auc"] < 1
+    out = capsys.readouterr().out
+    assert "din-none-mlp-seed2: best epoch" in out and str(artifacts / "din-none-mlp-seed2") in out
+
+    weights = {run: (artifacts / run / "model.pt").stat().st_mtime_ns for run in runs}
+    base_set = training.with_name("base.parquet")
+    built = base_set.stat().st_mtime_ns
+    assert main(argv) == 0  # everything finished: nothing retrained, training sets reused
+    assert {run: (artifacts / run / "model.pt").stat().st_mtime_ns for run in runs} == weights
+    assert base_set.stat().st_mtime_ns == built
+
+    samples = data_dir / "marts" / "ml-100k" / "ctr_samples.parquet"
+    os.utime(samples, ns=(built + 10**9, built + 10**9))  # the marts were rebuilt after the training set
+    assert main(["train", "--data-dir", str(data_dir), "--backbone", "lr", "--seeds", "3", "--epochs", "1"]) == 0
+    assert base_set.stat().st_mtime_ns > built
+    assert (artifacts / "lr-none-mlp-seed3" / "metrics.json").is_file()
+
+
+def test_report_builds_table_2_from_the_finished_runs(data_dir, capsys):
+    assert main(["train", "--data-dir", str(data_dir), "--backbone", "lr", "din", "--knowledge", "none", "single",
+                 "--seeds", "1", "2", "--epochs", "2"]) == 0  # fmt: skip (finished by the test above when run with it)
+    capsys.readouterr()
+    assert main(["report", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    reports = data_dir / "reports" / "ml-100k"
+    table = (reports / "table2.md").read_text()
+    assert table.strip() in out
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert lines[0].startswith("| LR | Base |")
+    assert lines[1].startswith("| DIN | Base | 2 |") and lines[2].startswith("|  | single (KAR/R2ec) | 2 |")
+    assert (reports / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unregistered_knowledge_and_missing_runs_are_one_line_errors(data_dir, tmp_path, capsys):
+    argv = ["train", "--data-dir", str(data_dir), "--backbone", "din", "--knowledge", "iterative"]
+    assert main(argv) == 2
+    assert main(["report", "--data-dir", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[0].startswith("r4ec: error: feature service 'iterative' is not registered (registered: base, single)")
+    assert errors[1].startswith("r4ec: error: no finished runs under")

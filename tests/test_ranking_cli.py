@@ -68,6 +68,9 @@ def test_train_saves_runs_skips_finished_ones_and_rebuilds_stale_training_sets(d
     assert main(argv) == 0  # everything finished: nothing retrained, training sets reused
     assert {run: (artifacts / run / "model.pt").stat().st_mtime_ns for run in runs} == weights
     assert base_set.stat().st_mtime_ns == built
+    assert main([*argv, "--learning-rate", "0.01", "--backbone", "din", "--knowledge", "none"]) == 0  # other settings
+    assert (artifacts / "din-none-mlp-seed1" / "model.pt").stat().st_mtime_ns > weights["din-none-mlp-seed1"]
+    assert json.loads((artifacts / "din-none-mlp-seed1" / "config.json").read_text())["learning_rate"] == 0.01
 
     samples = data_dir / "marts" / "ml-100k" / "ctr_samples.parquet"
     os.utime(samples, ns=(built + 10**9, built + 10**9))  # the marts were rebuilt after the training set
@@ -98,3 +101,18 @@ def test_unregistered_knowledge_and_missing_runs_are_one_line_errors(data_dir, t
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors[0].startswith("r4ec: error: feature service 'iterative' is not registered (registered: base, single)")
     assert errors[1].startswith("r4ec: error: no finished runs under")
+
+
+def test_knowledge_from_a_sampled_run_is_trained_and_named_as_such(data_dir):
+    """`--limit N` trains on the knowledge runs made with `knowledge generate --limit N`, never the full ones."""
+    sampled = Settings(data_dir=data_dir, knowledge={"limit": 5})
+    first = pq.read_table(sampled.marts_dir / "ctr_samples.parquet").to_pandas().groupby("user_id").event_timestamp.min()
+    write_vectors(sampled, "user", "single", 0, [(u, first[u], 1.0) for u in first.index[:5]])
+    write_vectors(sampled, "item", "single", 0, [("1", first.min(), 1.0)])
+    argv = ["train", "--data-dir", str(data_dir), "--knowledge", "single", "--limit", "5", "--seeds", "1", "--epochs", "1"]
+    assert main(argv) == 0
+    run = data_dir / "models" / "artifacts" / "ml-100k" / "din-single-sample5-mlp-seed1"
+    config = json.loads((run / "config.json").read_text())
+    assert config["knowledge_limit"] == 5 and config["training_set"].endswith("training/ml-100k/single-sample5.parquet")
+    vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
+    assert 0 < vectors.null_count < len(vectors)  # only the 5 sampled users have knowledge

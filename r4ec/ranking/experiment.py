@@ -40,7 +40,7 @@ def is_done(run: Path, config: TrainConfig) -> bool:
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
     saved = json.loads((run / "config.json").read_text())
-    return all(saved.get(key) == value for key, value in asdict(config).items() if key != "learning_rate")
+    return all(saved.get(key) == value for key, value in {**asdict(config), "learning_rate": config.lr}.items())
 
 
 def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrite: bool = False) -> list[Path]:

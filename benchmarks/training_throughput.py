@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from r4ec.config import Settings
-from r4ec.ranking.data import Vocab, to_tensors
 from r4ec.ranking.experiment import training_table
-from r4ec.ranking.train import BACKBONES, KNOWLEDGE_COLUMNS, TrainConfig, build_model, evaluate, split
+from r4ec.ranking.train import BACKBONES, TrainConfig, build_model, evaluate, split_tensors
 
 
 def train_rate(model: nn.Module, tensors, batch_size: int, warmup: int, steps: int) -> float:
@@ -57,10 +56,8 @@ def main() -> None:
     for knowledge in args.knowledge:
         config = TrainConfig(knowledge=knowledge)
         table, _ = training_table(settings, config.service)
-        columns = () if knowledge == "none" else KNOWLEDGE_COLUMNS
-        vocab = Vocab.fit(split(table, "train"))
-        train, test = (to_tensors(split(table, name), vocab, config.history_length, columns) for name in ("train", "test"))
-        knowledge_dim = 0 if train.knowledge is None else train.knowledge.shape[-1]
+        vocab, tensors, knowledge_dim = split_tensors(table, config)
+        train, test = tensors["train"], tensors["test"]
         for threads in args.threads:
             torch.set_num_threads(threads)
             for backbone in args.backbones:

@@ -51,11 +51,10 @@ def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrit
     pending.sort(key=lambda c: (c.service, c.knowledge_limit or 0))  # stable: one training set after another
     if len(pending) < len(configs):
         log.info("%d of %d runs already trained, skipped (--overwrite retrains them)", len(configs) - len(pending), len(configs))
-    tables: dict[str, tuple[pa.Table, Path]] = {}
+    loaded = None  # the service whose training set is in memory: one at a time
     for n, config in enumerate(pending, start=1):
-        if config.service not in tables:
-            tables = {config.service: training_table(settings, config.service)}  # one set in memory at a time
-        table, path = tables[config.service]
+        if config.service != loaded:
+            (table, path), loaded = training_table(settings, config.service), config.service
         log.info("run %d/%d: %s on training set '%s'", n, len(pending), config.run_name, config.service)
         model, result = train(table, config)
         run = save(model, result, out, dataset=settings.dataset, training_set=str(path), training_rows=table.num_rows)

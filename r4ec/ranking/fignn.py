@@ -29,9 +29,10 @@ class FiGNN(Backbone):
         n = h0.shape[1]
         h = h0
         itself = torch.eye(n, dtype=torch.bool, device=h.device)
+        receiver, sender = self.edge.weight[0].split(self.dim)  # edge(h_i, h_j) = w_r . h_i + w_s . h_j + b
         for _ in range(self.steps):
-            pairs = torch.cat([h.unsqueeze(2).expand(-1, -1, n, -1), h.unsqueeze(1).expand(-1, n, -1, -1)], -1)
-            logits = nn.functional.leaky_relu(self.edge(pairs).squeeze(-1))  # [B, n, n]: i receives from j
+            pairs = (h @ receiver).unsqueeze(2) + (h @ sender).unsqueeze(1) + self.edge.bias  # [B, n, n]: i from j
+            logits = nn.functional.leaky_relu(pairs)
             weights = torch.softmax(logits.masked_fill(itself, float("-inf")), dim=-1)
             sent = torch.einsum("bjd,jde->bje", h, self.w_out)  # [B, n, d]
             received = torch.einsum("bid,ide->bie", weights @ sent, self.w_in)  # [B, n, d]

@@ -35,10 +35,14 @@ class Row:
     def mean(self, metric: str) -> float:
         return statistics.fmean(getattr(self, metric))
 
-    def spread(self, metric: str) -> str:
+    def std(self, metric: str) -> float:
+        """Sample standard deviation over seeds; 0 for a single seed."""
         values = getattr(self, metric)
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"{self.mean(metric):.4f} ± {std:.4f}" if len(values) > 1 else f"{self.mean(metric):.4f}"
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def spread(self, metric: str) -> str:
+        mean = f"{self.mean(metric):.4f}"
+        return f"{mean} ± {self.std(metric):.4f}" if len(self.seeds) > 1 else mean
 
 
 def collect(artifacts: Path) -> list[Row]:
@@ -111,8 +115,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         chosen = [next((r for r in rows if r.backbone == b and r.label == variant), None) for b in backbones]
         xs = [i + (n - (len(variants) - 1) / 2) * width for i, r in enumerate(chosen) if r is not None]
         present = [r for r in chosen if r is not None]
-        errors = [statistics.stdev(r.auc) if len(r.auc) > 1 else 0.0 for r in present]
-        axes.bar(xs, [r.mean("auc") for r in present], width, yerr=errors, capsize=3, label=variant)
+        axes.bar(xs, [r.mean("auc") for r in present], width, yerr=[r.std("auc") for r in present], capsize=3,
+                 label=variant)  # fmt: skip
     values = [r.mean("auc") for r in rows]
     floor = next((r for r in rows if r.backbone == "lr"), None)
     if floor is not None:

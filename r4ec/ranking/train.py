@@ -108,16 +108,21 @@ def build_model(config: TrainConfig, vocab: Vocab, knowledge_dim: int) -> nn.Mod
     )  # fmt: skip
 
 
+def split_tensors(table: pa.Table, config: TrainConfig) -> tuple[Vocab, dict[str, Tensors], int]:
+    """Vocabularies from the train split; the whole set as tensors once, each split an index into them.
+    Returns (vocab, split -> tensors, knowledge vector width or 0)."""
+    knowledge = () if config.knowledge == "none" else KNOWLEDGE_COLUMNS
+    vocab = Vocab.fit(split(table, "train"))
+    everything = to_tensors(table, vocab, config.history_length, knowledge)
+    splits = table.column("split").to_numpy(zero_copy_only=False)
+    tensors = {name: everything.subset(torch.from_numpy(np.flatnonzero(splits == name))) for name in ("train", "valid", "test")}
+    return vocab, tensors, 0 if everything.knowledge is None else everything.knowledge.shape[-1]
+
+
 def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
     """Fit on train, keep the epoch with the best validation AUC, report test metrics of that epoch."""
     torch.manual_seed(config.seed)
-    knowledge = () if config.knowledge == "none" else KNOWLEDGE_COLUMNS
-    train_table = split(table, "train")
-    vocab = Vocab.fit(train_table)
-    everything = to_tensors(table, vocab, config.history_length, knowledge)  # once; a split is an index into it
-    splits = table.column("split").to_numpy(zero_copy_only=False)
-    tensors = {name: everything.subset(torch.from_numpy(np.flatnonzero(splits == name))) for name in ("train", "valid", "test")}
-    knowledge_dim = 0 if tensors["train"].knowledge is None else tensors["train"].knowledge.shape[-1]
+    vocab, tensors, knowledge_dim = split_tensors(table, config)
     model = build_model(config, vocab, knowledge_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()

@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import vectors_schema
+from r4ec.encoding import mark_complete, vectors_schema
 from r4ec.features import store
-from r4ec.features.repo.sources import vectors_path
+from r4ec.layout import KnowledgeRun, vectors_dir
 
 SAMPLE_KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
 
@@ -34,15 +34,16 @@ SAMPLE_KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
 def random_vectors(settings: Settings, entity: str, first_seen: dict, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = [{f"{entity}_id": key, "event_timestamp": when, "vector": rng.standard_normal(384).astype(np.float32).tolist(),
-             "texts": 1, "encoder": "random"} for key, when in first_seen.items()]  # fmt: skip
-    write_parquet(pa.Table.from_pylist(rows, schema=vectors_schema(entity)),
-                  vectors_path(settings, entity, "iterative") / "part-00000.parquet")  # fmt: skip
+             "quality": "parsed", "texts": 1, "encoder": "random"} for key, when in first_seen.items()]  # fmt: skip
+    target = vectors_dir(settings, entity, KnowledgeRun("iterative"))
+    write_parquet(pa.Table.from_pylist(rows, schema=vectors_schema(entity)), target / "part-00000.parquet")
+    mark_complete(target, entity, "random")
 
 
 def asof_join(settings: Settings) -> tuple[int, float]:
     """The same training set by hand: each feature table ASOF-joined on (key, event_timestamp)."""
     marts = settings.marts_dir
-    users, items = (vectors_path(settings, e, "iterative") / "*.parquet" for e in ("user", "item"))
+    users, items = (vectors_dir(settings, e, KnowledgeRun("iterative")) / "*.parquet" for e in ("user", "item"))
     started = time.perf_counter()
     table = duckdb.sql(f"""
         select s.*, up.age, up.gender, up.occupation, up.zip_code,

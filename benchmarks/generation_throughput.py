@@ -23,8 +23,9 @@ import torch
 from r4ec.config import Settings
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import SMOLLM2, smollm2_checkpoint
-from r4ec.knowledge.job import generate_knowledge, loop_config, output_dir, select_entities
+from r4ec.knowledge.job import generate_knowledge, loop_config, select_entities
 from r4ec.knowledge.report import read_knowledge
+from r4ec.layout import knowledge_dir
 
 
 def plain_generate(settings: Settings, users: list[dict], batch_size: int) -> tuple[int, float]:
@@ -83,7 +84,7 @@ def main() -> None:
         started = time.perf_counter()
         generate_knowledge(settings, "user")
         wall = time.perf_counter() - started
-        produced = read_knowledge(output_dir(settings, "user"))
+        produced = read_knowledge(knowledge_dir(settings, "user"))
         job_tokens = sum(r["generated_tokens"] for r in produced)
         job = job_tokens / produced[0]["part_seconds"]
 

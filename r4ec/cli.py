@@ -55,6 +55,43 @@ def cmd_marts_vars(args: argparse.Namespace) -> None:
     print(json.dumps(_settings(args).dbt_vars()))
 
 
+def _exports(variables: dict[str, object]) -> str:
+    """One `export` line for `eval`, each value quoted for the shell."""
+    import shlex
+
+    return "export " + " ".join(f"{name}={shlex.quote(str(value))}" for name, value in variables.items())
+
+
+def _settings_exports(settings: Settings) -> dict[str, object]:
+    """What another working directory needs to rebuild these settings: absolute data dir, dataset, r4ec.toml."""
+    import os
+
+    variables: dict[str, object] = {"R4EC_DATA_DIR": settings.data_dir.resolve(), "R4EC_DATASET": settings.dataset}
+    toml = Path(os.environ.get("R4EC_CONFIG", "r4ec.toml"))
+    if toml.is_file():
+        variables["R4EC_CONFIG"] = toml.resolve()
+    return variables
+
+
+def cmd_marts_env(args: argparse.Namespace) -> None:
+    """A hand-run dbt in dbt/ gets exactly what `r4ec marts build` passes it, resolved here (not from dbt/)."""
+    from r4ec.marts import dbt_args
+
+    settings = _settings(args)
+    given = dbt_args(settings, "build")
+    option = {name: given[given.index(name) + 1] for name in ("--target-path", "--log-path", "--vars")}
+    for path in (settings.warehouse_path.parent, settings.marts_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    print(_exports({
+        **_settings_exports(settings),
+        "R4EC_WAREHOUSE_PATH": settings.warehouse_path,
+        "R4EC_DBT_THREADS": settings.dbt_threads,
+        "DBT_TARGET_PATH": option["--target-path"],
+        "DBT_LOG_PATH": option["--log-path"],
+        "R4EC_DBT_VARS": option["--vars"],
+    }))  # fmt: skip
+
+
 def cmd_knowledge_generate(args: argparse.Namespace) -> None:
     from r4ec.knowledge.job import generate_knowledge
 
@@ -72,12 +109,12 @@ def cmd_knowledge_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_knowledge_report(args: argparse.Namespace) -> None:
-    from r4ec.knowledge.job import output_dir
     from r4ec.knowledge.report import knowledge_report
+    from r4ec.layout import knowledge_dir
 
     settings = _settings(args)
     for entity in _entities(args):
-        print(knowledge_report(output_dir(settings, entity), entity, args.examples))
+        print(knowledge_report(knowledge_dir(settings, entity), entity, args.examples))
 
 
 def cmd_knowledge_serve(args: argparse.Namespace) -> None:
@@ -100,14 +137,27 @@ def cmd_features_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_features_env(args: argparse.Namespace) -> None:
-    from r4ec.features.store import project_name
+    """The feast CLI in feature_repo/ must talk to the stores r4ec talks to: every value comes from the same
+    repo_config (online store type and its path or connection, offline store, registry, project)."""
+    from r4ec.features.store import repo_config
 
     settings = _settings(args)
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)  # feast's file registry wants its folder
-    print(
-        f"export R4EC_DATA_DIR={settings.data_dir.resolve()} R4EC_DATASET={settings.dataset} "
-        f"R4EC_FEAST_PROJECT={project_name(settings)} R4EC_FEAST_DIR={settings.feast_dir}"
-    )
+    config = repo_config(settings)  # also creates the feast folder, which Feast's file registry wants
+    online = dict(config.online_config)
+    online_type = online.pop("type")
+    if len(online) != 1:
+        raise SystemExit(f"r4ec: error: feature_repo/feature_store.yaml takes one online store setting, not {online}")
+    ((online_key, online_value),) = online.items()
+    print(_exports({
+        **_settings_exports(settings),
+        "R4EC_FEAST_PROJECT": config.project,
+        "R4EC_FEAST_REGISTRY": config.registry.path,
+        "R4EC_FEAST_OFFLINE_STORE": config.offline_config["type"],
+        "R4EC_FEAST_ONLINE_STORE": online_type,
+        "R4EC_FEAST_ONLINE_KEY": online_key,
+        "R4EC_FEAST_ONLINE_VALUE": online_value,
+        "R4EC_FEAST_ENTITY_KEY_VERSION": config.entity_key_serialization_version,
+    }))  # fmt: skip
 
 
 def cmd_features_materialize(args: argparse.Namespace) -> None:
@@ -141,24 +191,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     from r4ec.features.store import apply
-    from r4ec.ranking.experiment import run_experiments
-    from r4ec.ranking.train import BACKBONES, TrainConfig
+    from r4ec.ranking.experiment import run_experiments, train_configs
 
     settings = _settings(args)
-    apply(settings)  # the registry's knowledge views are those of these settings' runs
-    torch.set_num_threads(args.threads)
-    every = [b for b in BACKBONES if b != "lr"]
-    backbones = list(dict.fromkeys(b for name in args.backbone for b in (every if name == "all" else [name])))
     options = {name: getattr(args, name) for name in ("epochs", "patience", "batch_size", "learning_rate", "dim",
-                                                       "connector") if getattr(args, name) is not None}  # fmt: skip
-    lr_options = {k: v for k, v in options.items() if k != "connector"}  # no knowledge, so no connector
-    configs = [
-        TrainConfig(backbone=backbone, knowledge=knowledge, knowledge_limit=settings.knowledge.limit, seed=seed,
-                    **(lr_options if backbone == "lr" else options))
-        for backbone in backbones
-        for knowledge in (["none"] if backbone == "lr" else args.knowledge)
-        for seed in args.seeds or [settings.seed]
-    ]  # fmt: skip
+                                                       "connector")}  # fmt: skip
+    configs = train_configs(settings, args.backbone, args.knowledge, args.seeds, **options)
+    apply(settings)  # the registry holds exactly the knowledge runs encoded on disk
+    torch.set_num_threads(args.threads)
     for run in run_experiments(settings, configs, overwrite=args.overwrite):
         metrics = json.loads((run / "metrics.json").read_text())
         print(f"{run.name}: best epoch {metrics['best_epoch']}, test AUC {metrics['test']['auc']:.4f}, "
@@ -183,6 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from r4ec.features.store import apply, materialize, write_training_set
     from r4ec.knowledge.job import generate_knowledge
     from r4ec.knowledge.report import read_knowledge, summarize
+    from r4ec.layout import KnowledgeRun
     from r4ec.marts import build_marts
 
     settings = _settings(args)
@@ -197,12 +238,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
         return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
     registered: list[str] = []
+    service = KnowledgeRun.of(settings).service
 
     def features() -> str:
         services = registered[:] = apply(settings)
         materialize(settings)
-        strategy = settings.knowledge.strategy
-        path, frame = write_training_set(settings, strategy if strategy in services else "base")
+        path, frame = write_training_set(settings, service if service in services else "base")
         covered = {
             entity: frame[f"{entity}_knowledge_vector"].notna().mean() if f"{entity}_knowledge_vector" in frame else 0
             for entity in ("user", "item")
@@ -215,16 +256,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     def ranking() -> str:
         import torch
 
-        from r4ec.ranking.experiment import run_experiments
+        from r4ec.ranking.experiment import run_experiments, train_configs
         from r4ec.ranking.report import write_report
-        from r4ec.ranking.train import TrainConfig
 
         torch.set_num_threads(1)
         strategy = settings.knowledge.strategy
-        knowledge = ["none", strategy] if strategy in registered else ["none"]
-        configs = [TrainConfig(backbone="lr", seed=settings.seed)]
-        limit = settings.knowledge.limit
-        configs += [TrainConfig(backbone="din", knowledge=k, knowledge_limit=limit, seed=settings.seed) for k in knowledge]
+        configs = train_configs(settings, ["lr", "din"], ["none", strategy] if service in registered else ["none"])
         run_experiments(settings, configs)
         report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset)
         aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)
@@ -309,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
     command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.")
+    command(marts, "env", cmd_marts_env, "Print the variables a hand-run dbt in dbt/ needs, for `eval` "
+            "(warehouse, threads, target and log paths under DATA_DIR, and the vars as R4EC_DBT_VARS).")  # fmt: skip
 
     knowledge = group("knowledge", "LLM knowledge: reason, reflect, refine")
     generate = command(
@@ -347,12 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     features = group("features", "Feast: register, materialize, training sets, online lookups")
     command(features, "apply", cmd_features_apply, "Register entities, feature views and services with Feast.")
     command(features, "materialize", cmd_features_materialize, "Load new feature rows into the online store.")
-    command(features, "env", cmd_features_env, "Print the variables feature_repo/feature_store.yaml reads.")
+    command(features, "env", cmd_features_env, "Print the variables feature_repo/feature_store.yaml reads (the "
+            "same stores as every r4ec features command), for `eval`.")  # fmt: skip
     train = command(
         features, "training-set", cmd_features_training_set,
         "Point-in-time training set of every CTR sample from a feature service, written as parquet.",
     )  # fmt: skip
-    train.add_argument("--service", default="base", help="feature service (default: base)")
+    train.add_argument("--service", default="base",
+                       help="feature service: base, a full knowledge run (iterative), or a sampled one "
+                       "(iterative_sample20) (default: base)")  # fmt: skip
     train.add_argument("--output", type=Path, help="default: DATA_DIR/training/DATASET/SERVICE.parquet")
     lookup = command(features, "lookup", cmd_features_lookup, "Online features of one user and candidate items.")
     lookup.add_argument("--user", required=True)
@@ -415,12 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     from r4ec.features.store import FeaturesError
     from r4ec.knowledge.backends import BackendError
     from r4ec.knowledge.job import KnowledgeError
+    from r4ec.local_models import ModelFilesError
     from r4ec.marts import MartsError
     from r4ec.ranking import RankingError
 
+    errors = (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError, ModelFilesError)
     try:
         args.func(args)
-    except (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError) as error:
+    except errors as error:
         print(f"r4ec: error: {error}", file=sys.stderr)
         return 2
     except ValidationError as error:

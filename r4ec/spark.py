@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -10,23 +11,30 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+log = logging.getLogger(__name__)
+
 
 def spark_session(master: str, app_name: str):
-    """Local by default; any master by configuration. Workers run this same Python, so they can import r4ec."""
+    """Under spark-submit, the master it chose (`--master`, else spark-defaults.conf, else its local[*]) wins: its
+    JVM already holds `spark.master`, and a master set here would override it. Otherwise r4ec starts Spark itself,
+    on `master` (the spark_master setting). Workers run this same Python, so they can import r4ec."""
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started the JVM before our code ran
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder if submitted else SparkSession.builder.master(master)
     spark = (
-        SparkSession.builder.master(master)
-        .appName(app_name)
+        builder.appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.python.worker.reuse", "true")  # keep loaded models between tasks
         .config("spark.task.maxFailures", "1")  # a failed part fails the job; a re-run resumes it
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
+    chosen = "chosen by spark-submit" if submitted else "the spark_master setting"
+    log.info("spark master: %s (%s)", spark.sparkContext.master, chosen)
     return spark
 
 

@@ -77,6 +77,16 @@ def amazon_settings(data_dir: Path, source: Path, **overrides) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def amazon(tmp_path_factory, amazon_files) -> Settings:
+    """The small Amazon-format files, loaded and built through dbt; their users have 5 to 21 books, so the LLM
+    history is 2 and K is 3."""
+    settings = amazon_settings(tmp_path_factory.mktemp("amazon"), amazon_files[0], llm_history_length=2, history_length=3)
+    load_dataset(settings)
+    build_marts(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A one-layer Llama with random weights and SmolLM2's real tokenizer and chat template: the real
     transformers code path, where the model's quality is not the subject."""

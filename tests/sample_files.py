@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import vectors_schema
-from r4ec.features.repo.sources import vectors_path
+from r4ec.encoding import mark_complete, vectors_schema
+from r4ec.layout import KnowledgeRun
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
 DAY = 86_400
@@ -52,8 +53,10 @@ def write_ml1m(folder: Path, n_users: int = 24, n_items: int = 60, seed: int = 7
     return ratings
 
 
-def write_amazon(folder: Path, n_users: int = 40, n_items: int = 30, seed: int = 3) -> list[tuple]:
-    """Books_5.json.gz and meta_Books.json.gz with a skewed activity, so a k-core takes several rounds.
+def write_amazon(folder: Path, n_users: int = 120, n_items: int = 40, seed: int = 9) -> list[tuple]:
+    """Books_5.json.gz and meta_Books.json.gz with a skewed activity, so a k-core takes several rounds (3 here,
+    keeping about 60 users), and enough interactions that every split holds both labels. As in the real files,
+    some books lack a brand, a second-level category, or all metadata.
     Returns (reviewerID, asin, overall, unixReviewTime) in file order."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,16 +80,24 @@ def write_amazon(folder: Path, n_users: int = 40, n_items: int = 30, seed: int =
                 "asin": f"B{item:04d}X",
                 "title": f"Book {item}",
                 "brand": f"Author {item % 6}" if item % 4 else "",
-                "category": ["Books", ["Mystery", "History", "Science"][item % 3], "Sub"],
+                "category": ["Books", ["Mystery", "History", "Science"][item % 3], "Sub"] if item % 5 else ["Books"],
             }
             out.write(json.dumps(record) + "\n")
     return reviews
 
 
-def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple]) -> None:
-    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`."""
+def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple], limit: int | None = None) -> None:
+    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`, in a knowledge run
+    marked as complete (its manifest and `_COMPLETE.json` name a test model and encoder): Feast registers it."""
+    run = KnowledgeRun(strategy, limit if limit is not None else settings.knowledge.limit)
     table = pa.Table.from_pylist(
-        [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "texts": 1, "encoder": "test"} for i, t, fill in rows],
+        [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "quality": "parsed", "texts": 1,
+          "encoder": "test"} for i, t, fill in rows],
         schema=vectors_schema(entity),
-    )
-    write_parquet(table, vectors_path(settings, entity, strategy) / f"part-{part:05d}.parquet")
+    )  # fmt: skip
+    target = layout.vectors_dir(settings, entity, run)
+    write_parquet(table, target / layout.part_name(part))
+    manifest = {"strategy": strategy, "limit": run.limit, "model": "test-model", "prompt_version": "test-prompts"}
+    layout.knowledge_dir(settings, entity, run).mkdir(parents=True, exist_ok=True)
+    (layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).write_text(json.dumps(manifest))
+    mark_complete(target, entity, "test")

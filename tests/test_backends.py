@@ -95,3 +95,62 @@ def test_vllm_backend_says_what_is_missing(monkeypatch):
 def test_a_missing_local_model_is_a_clear_error(tmp_path):
     with pytest.raises(BackendError, match="no such folder"):
         TransformersBackend(str(tmp_path / "nope"))
+
+
+SAMPLING = GenerationConfig(max_new_tokens=12, temperature=0.8, seed=7)
+
+
+def test_k_samples_of_one_prompt_differ_and_each_is_reproducible(tiny_model):
+    """Defect: the transformers backend seeded torch alike before every batch and ignored `Request.sample`, so the
+    filter strategy's k "sampled" answers were token-identical."""
+    backend = TransformersBackend(str(tiny_model), dtype="float32", batch_size=4)
+    ask = Request.chat(prompts.messages("reason", "Describe a viewer who loves Heat (1995)."))
+    other = Request.chat(prompts.messages("reason", "Describe a viewer who hates Cats (2019)."))
+    samples = [Request(ask.messages, sample=k) for k in range(4)]
+    first = [g.text for g in backend.generate(samples, SAMPLING)]
+    assert len(set(first)) == 4
+    # the same request draws the same tokens whatever else runs, before it or beside it in its batch
+    backend.generate([other], SAMPLING)
+    again = [g.text for g in backend.generate([other, *reversed(samples)], SAMPLING)][1:]
+    assert again == list(reversed(first))
+    alone = backend.generate([samples[2]], SAMPLING)[0].text
+    assert alone == first[2]
+    # greedy stays greedy: the sample index changes nothing at temperature 0
+    greedy = {g.text for g in backend.generate(samples, GEN)}
+    assert len(greedy) == 1
+
+
+def test_adapters_are_identified_by_content_not_by_folder_name(tiny_model, adapters, tmp_path):
+    """Defect: an adapter was named by its folder's basename, so a retrained adapter under the same name replayed
+    the old one's cached answers."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    retrained = tmp_path / "retrained" / "actor"
+    shutil.copytree(adapters["actor"], retrained)
+    weights = retrained / "adapter_model.safetensors"
+    tensors = {name: value + 0.5 for name, value in load_file(weights).items()}
+    save_file(tensors, weights)
+    old = TransformersBackend(str(tiny_model), dtype="float32", adapters={"actor": adapters["actor"]})
+    new = TransformersBackend(str(tiny_model), dtype="float32", adapters={"actor": retrained})
+    copy = tmp_path / "copy" / "actor"
+    shutil.copytree(adapters["actor"], copy)
+    same = TransformersBackend(str(tiny_model), dtype="float32", adapters={"actor": copy})
+    assert old.model_id != new.model_id
+    assert old.model_id == same.model_id  # the same bytes elsewhere are the same adapter
+
+
+def test_a_local_model_is_identified_by_content(tiny_model, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / tiny_model.name
+    shutil.copytree(tiny_model, moved)
+    assert TransformersBackend(str(moved), dtype="float32").model_id == TransformersBackend(
+        str(tiny_model), dtype="float32"
+    ).model_id
+    config = moved / "generation_config.json"
+    config.write_text(config.read_text().replace("}", ', "note": "changed"}', 1))
+    assert TransformersBackend(str(moved), dtype="float32").model_id != TransformersBackend(
+        str(tiny_model), dtype="float32"
+    ).model_id

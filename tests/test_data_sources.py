@@ -1,6 +1,8 @@
 """The real loaders on small files in the original formats, and the real ml-100k fetch."""
 
 import gzip
+import json
+import zlib
 
 import pyarrow.parquet as pq
 import pytest
@@ -185,3 +187,105 @@ def test_recbole_copy_is_verified(downloads):
             fetch_recbole_wheel(downloads)
     finally:
         inter.write_bytes(original)
+
+
+def test_malformed_ids_are_rejects_per_format(amazon_files, tmp_path):
+    """MovieLens ids are integers, Amazon ids printable text without spaces: an id holding a control character is
+    a reject with its line, never a crash and never an id (str.strip would turn '\\x1f3' into a clean '3')."""
+    ml1m = tmp_path / "ml-1m"
+    ml1m.mkdir()
+    (ml1m / "ratings.dat").write_text(
+        "1::10::5::978300760\n"
+        "1\x07::10::4::978300761\n"  # line 2: a bell in the user id
+        "\x1f3::10::4::978300762\n"  # line 3: a unit separator str.strip() would remove
+        "2::1O::3::978300763\n"  # line 4: letter O
+        "+4::10::3::978300764\n",  # line 5: int() takes it, an id does not
+        encoding="latin-1",
+    )
+    (ml1m / "movies.dat").write_text("10::A (1990)::Drama\n1\x000::B (1991)::Comedy\n", encoding="latin-1")
+    (ml1m / "users.dat").write_text("1::F::1::10::48067\nu2::M::56::16::70072\n")
+    summary = load_dataset(Settings(data_dir=tmp_path / "ml1m-data", dataset="ml-1m", source_path=ml1m))
+    assert summary.counts == {"ratings": 1, "items": 1, "users": 1}
+    assert {(r["file"], r["line_number"]): r["reason"] for r in read(summary.out_dir / "rejects.parquet").to_pylist()} == {
+        ("ratings.dat", 2): "user_id is not an integer: '1\\x07'",
+        ("ratings.dat", 3): "user_id is not an integer: '\\x1f3'",
+        ("ratings.dat", 4): "item_id is not an integer: '1O'",
+        ("ratings.dat", 5): "user_id is not an integer: '+4'",
+        ("movies.dat", 2): "item_id is not an integer: '1\\x000'",
+        ("users.dat", 2): "user_id is not an integer: 'u2'",
+    }  # fmt: skip
+
+    ml100k = tmp_path / "ml-100k"
+    ml100k.mkdir()
+    (ml100k / "u.data").write_text("196\t242\t3\t881250949\n19\x1b6\t242\t4\t881250950\n")
+    (ml100k / "u.item").write_bytes(f"242|Kolya (1996)|24-Jan-1997||http://x|{'|'.join(['0'] * 18 + ['1'])}\n".encode())
+    (ml100k / "u.user").write_text("196|49|M|writer|55105\n")
+    summary = load_ml100k_grouplens(ml100k, tmp_path / "ml100k-data")
+    assert summary.counts["ratings"] == 1
+    assert [(r["line_number"], r["reason"]) for r in read(summary.out_dir / "rejects.parquet").to_pylist()] == [
+        (2, "user_id is not an integer: '19\\x1b6'")
+    ]
+
+    books = tmp_path / "amazon"
+    books.mkdir()
+    with gzip.open(amazon_files[0] / "Books_5.json.gz", "rt") as original:
+        good = original.read().splitlines()
+    bad = [{"reviewerID": "U0\x0001"}, {"asin": "B0001 X"}, {"reviewerID": 17}, {"asin": "B0001X\u200b"}]
+    records = [json.loads(line) for line in good[:4]]
+    with gzip.open(books / "Books_5.json.gz", "wt") as out:
+        out.write("\n".join([*good[:3], *(json.dumps({**r, **b}) for r, b in zip(records, bad)), *good[3:]]) + "\n")
+    (books / "meta_Books.json.gz").write_bytes((amazon_files[0] / "meta_Books.json.gz").read_bytes())
+    summary = load_dataset(amazon_settings(tmp_path / "amazon-data", books))
+    rejects = read(summary.out_dir / "rejects.parquet").to_pylist()
+    assert [(r["line_number"], r["reason"]) for r in rejects] == [
+        (4, "reviewerID is not printable text without spaces: 'U0\\x0001'"),
+        (5, "asin is not printable text without spaces: 'B0001 X'"),
+        (6, "reviewerID is not a string: 17"),
+        (7, "asin is not printable text without spaces: 'B0001X\\u200b'"),
+    ]  # fmt: skip
+    ratings = read(summary.out_dir / "ratings.parquet")
+    assert all(value.isprintable() and " " not in value for value in ratings.column("user_id").to_pylist())
+
+
+def test_a_truncated_gzip_keeps_the_lines_before_the_damage_and_says_where(amazon_files, tmp_path):
+    """Cut Books_5.json.gz short: the whole lines before the cut are loaded exactly as a file of only those lines
+    would be; the damage is a reject and a note with its line and byte offset; no staging file is left behind."""
+    whole = gzip.decompress((amazon_files[0] / "Books_5.json.gz").read_bytes())
+    compressed = gzip.compress(whole)
+    cut = compressed[: len(compressed) * 2 // 3]
+    readable = zlib.decompressobj(wbits=31).decompress(cut)  # what any reader can still get out of it
+    kept = readable[: readable.rindex(b"\n") + 1]
+    damaged_line, offset = kept.count(b"\n") + 1, len(kept)
+    assert 100 < damaged_line - 1 < whole.count(b"\n")
+
+    damaged, intact = tmp_path / "damaged", tmp_path / "intact"
+    for folder, reviews in ((damaged, cut), (intact, gzip.compress(kept))):
+        folder.mkdir()
+        (folder / "Books_5.json.gz").write_bytes(reviews)
+        (folder / "meta_Books.json.gz").write_bytes((amazon_files[0] / "meta_Books.json.gz").read_bytes())
+    summary = load_dataset(amazon_settings(tmp_path / "damaged-data", damaged))
+    reference = load_dataset(amazon_settings(tmp_path / "intact-data", intact))
+
+    assert read(summary.out_dir / "ratings.parquet").equals(read(reference.out_dir / "ratings.parquet"))
+    (reject,) = read(summary.out_dir / "rejects.parquet").to_pylist()
+    assert (reject["file"], reject["line_number"]) == ("Books_5.json.gz", damaged_line)
+    assert reject["reason"].startswith("damaged gzip: Compressed file ended before the end-of-stream marker")
+    assert f"line {damaged_line:,} (uncompressed byte {offset:,})" in reject["reason"]
+    assert reject["line"] == readable[offset:].decode()  # the partial line, as far as it goes
+    line = summary.line()
+    assert f"Books_5.json.gz is damaged at line {damaged_line:,} (uncompressed byte {offset:,})" in line
+    assert f"{damaged_line - 1:,} lines before it were read" in line and "1 lines rejected" in line
+    assert sorted(p.name for p in summary.out_dir.iterdir()) == [
+        "items.parquet", "ratings.parquet", "rejects.parquet", "users.parquet",
+    ]  # fmt: skip
+
+
+def test_a_failed_load_leaves_no_staging_file(tmp_path):
+    """The reviews are streamed into a staging parquet before the k-core; a load that stops there removes it."""
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    (folder / "Books_5.json.gz").write_bytes(b"this is not gzip")
+    settings = amazon_settings(tmp_path / "data", folder)
+    with pytest.raises(DataError, match=r"Books_5\.json\.gz: cannot be read"):
+        load_dataset(settings)
+    assert list(settings.raw_dir.iterdir()) == []

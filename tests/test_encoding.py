@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
-from r4ec.encoding import EncoderError, TextEncoder, encode_knowledge, texts_of
-from r4ec.knowledge.job import generate_knowledge, output_dir
+from r4ec import layout
+from r4ec.data.tables import write_parquet
+from r4ec.encoding import EncoderError, TextEncoder, VectorCache, encode_knowledge, texts_of
+from r4ec.knowledge.job import KnowledgeError, generate_knowledge
+from r4ec.layout import knowledge_dir as output_dir
 from tests.test_knowledge_job import read, settings_for
 
 pytestmark = pytest.mark.integration
@@ -31,13 +36,20 @@ def test_vectors_follow_the_knowledge_and_are_cached(ml1m, tiny_model, tmp_path)
         vector = np.array(row["vector"], dtype=np.float32)
         assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-4
         assert row["event_timestamp"] == knowledge[row["user_id"]]["event_timestamp"]
-        assert row["encoder"] == "all-MiniLM-L6-v2" and row["texts"] == 1
+        assert row["encoder"].startswith("all-MiniLM-L6-v2@sha256:") and row["texts"] == 1
+        assert row["quality"] == knowledge[row["user_id"]]["quality"]
     again = encode_knowledge(settings, "user")
     assert (again.parts_run, again.encoded) == (0, 0)
     part = output_dir(settings, "user") / "part-00001.parquet"
-    os.utime(part, (part.stat().st_atime, part.stat().st_mtime + 10))  # a regenerated part
+    os.utime(part, (part.stat().st_atime, part.stat().st_mtime + 10))  # touched, not changed: nothing to redo
+    assert encode_knowledge(settings, "user").parts_run == 0
+    table = pq.read_table(part)  # changed content, however old the file looks
+    texts = table.column("knowledge").to_pylist()
+    column = table.schema.get_field_index("knowledge")
+    write_parquet(table.set_column(column, "knowledge", pa.array(["new words", *texts[1:]])), part)
+    os.utime(part, (0, 0))
     redone = encode_knowledge(settings, "user")
-    assert (redone.parts_run, redone.encoded) == (1, 0)  # its texts were encoded before
+    assert (redone.parts_run, redone.encoded) == (1, 1)  # only the new text is encoded
 
 
 def test_filter_vectors_average_the_kept_answers(ml1m, tiny_model, tmp_path):
@@ -48,10 +60,57 @@ def test_filter_vectors_average_the_kept_answers(ml1m, tiny_model, tmp_path):
     by_id = {r["item_id"]: r for r in vectors(done.target)}
     for row in read(settings, "item"):
         expected = encoder.encode(texts_of(row)).mean(axis=0)
-        assert by_id[row["item_id"]]["texts"] == len(row["kept_answers"])
+        assert by_id[row["item_id"]]["texts"] == len(texts_of(row)) == 2  # nothing kept: all k stand in, flagged
+        assert by_id[row["item_id"]]["quality"] == row["quality"] == "fallback"
         np.testing.assert_allclose(by_id[row["item_id"]]["vector"], expected, atol=1e-5)
 
 
 def test_encoder_errors_are_clear(tmp_path):
     with pytest.raises(EncoderError, match="no such folder"):
         TextEncoder(str(tmp_path / "bge-m3"), tmp_path / "v.sqlite")
+
+
+def test_a_regenerated_run_leaves_no_vectors_behind(ml1m, tiny_model, tmp_path):
+    """Defect: --overwrite deleted the knowledge parts but not their vectors, and a re-run with another partition size
+    left old vector parts under the glob: the point-in-time join then saw two rows per (entity, time)."""
+    settings = settings_for(ml1m, tmp_path, tiny_model, limit=6, partition_size=2)
+    generate_knowledge(settings, "user")
+    encode_knowledge(settings, "user")
+    vectors_dir = layout.vectors_dir(settings, "user")
+    assert len(list(vectors_dir.glob("part-*.parquet"))) == 3
+    regrouped = settings_for(ml1m, tmp_path, tiny_model, limit=6, partition_size=4)
+    with pytest.raises(KnowledgeError, match="partition_size"):
+        generate_knowledge(regrouped, "user")
+    generate_knowledge(regrouped, "user", overwrite=True)
+    assert not vectors_dir.exists()  # the old run's vectors went with it
+    second = output_dir(regrouped, "user") / "part-00001.parquet"
+    second.rename(tmp_path / "aside.parquet")
+    with pytest.raises(EncoderError, match="1 of 2 knowledge parts"):
+        encode_knowledge(regrouped, "user")  # half a run is not encoded
+    (tmp_path / "aside.parquet").rename(second)
+    vectors_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet(pq.read_table(output_dir(regrouped, "user") / "part-00000.parquet").select(["user_id"]),
+                  vectors_dir / "part-00007.parquet")  # fmt: skip  # an orphan from some other run
+    done = encode_knowledge(regrouped, "user")
+    assert sorted(p.name for p in vectors_dir.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    ids = [r["user_id"] for r in vectors(vectors_dir)]
+    assert done.rows == len(ids) == len(set(ids)) == 6
+    assert (vectors_dir / layout.COMPLETE).is_file()
+
+
+def test_the_vector_cache_knows_encoders_by_content(tmp_path):
+    """Defect: the cache keyed vectors on the encoder's name: another encoder under the same name replayed them."""
+    import shutil
+
+    from r4ec.local_models import encoder_path
+
+    first, second = tmp_path / "a" / "encoder", tmp_path / "b" / "encoder"
+    shutil.copytree(encoder_path("all-MiniLM-L6-v2"), first)
+    shutil.copytree(encoder_path("all-MiniLM-L6-v2"), second)
+    (second / "config.json").write_text((second / "config.json").read_text().replace("{", '{"note": "other",', 1))
+    one, other = (TextEncoder(str(p), tmp_path / "v.sqlite") for p in (first, second))
+    assert one.identity != other.identity and one.identity.startswith("encoder@sha256:")
+    assert VectorCache.key(one.identity, "text") != VectorCache.key(other.identity, "text")
+    one.encode(["a film about heists"])
+    other.encode(["a film about heists"])
+    assert other.encoded == 1  # not read from the other encoder's entry

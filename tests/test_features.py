@@ -157,3 +157,26 @@ def test_the_asof_offline_store_returns_what_feasts_own_returns(feast_store):
                 assert (a is None and b is None) or list(a) == list(b), column
             else:
                 assert (pd.isna(a) and pd.isna(b)) or a == b, column
+
+
+def test_the_registry_holds_exactly_the_runs_on_disk_and_samples_keep_their_names(ml1m, tmp_path):
+    """Defect: apply never deleted, and a sampled run's views carried the full run's names, so after `r4ec demo` a
+    plain `--knowledge iterative` trained on the demo's 20-entity vectors under the full run's label."""
+    settings = feast_settings(ml1m, tmp_path)
+    first = samples(settings).groupby("user_id").event_timestamp.min()
+    sampled = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"limit": 3})})
+    write_vectors(sampled, "user", "iterative", 0, [(u, first[u], 1.0) for u in first.index[:3]])
+    write_vectors(sampled, "item", "iterative", 0, [("1", first.min(), 1.0)])
+    assert store.apply(settings) == ["base", "iterative_sample3"]
+    with pytest.raises(store.FeaturesError, match=r"'iterative' is not registered \(registered: base, iterative_sample3\)"):
+        store.service_sources(settings, "iterative")
+    write_vectors(settings, "user", "iterative", 0, [(u, t, 2.0) for u, t in first.items()])
+    write_vectors(settings, "item", "iterative", 0, [("1", first.min(), 2.0)])
+    assert store.apply(settings) == ["base", "iterative", "iterative_sample3"]
+    full = store.training_set(settings, samples(settings), "iterative")
+    assert full.user_knowledge_vector.notna().all()  # every user: the full run, not the sample
+    shutil.rmtree(settings.knowledge_dir / "iterative-sample3")
+    assert store.apply(settings) == ["base", "iterative"]
+    views = {view.name for view in store.feature_store(settings).list_feature_views()}
+    assert not any("sample" in name for name in views)
+    assert {source.name for source in store.feature_store(settings).list_data_sources()} >= {"user_knowledge_iterative"}

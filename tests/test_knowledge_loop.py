@@ -113,8 +113,24 @@ def test_filter_keeps_the_answers_judged_reasonable(backend):
     a, b = run_loop(backend, [A, B], cfg)
     assert backend.calls == 0
     assert a.answers == ["s1", "s2", "s3"] and a.kept == ["s1", "s3"] and a.knowledge == "s1"
-    assert b.kept == ["bs1", "bs2", "bs3"]  # none judged reasonable: all kept, rather than no knowledge
-    assert a.judgements == ["reasonable", "not reasonable", "reasonable"]
+    assert a.judgements == ["reasonable", "not reasonable", "reasonable"] and a.quality == "parsed"
+    assert b.kept == [] and b.quality == "fallback"  # none judged reasonable: nothing is called kept
+
+
+def test_filter_on_the_real_model_samples_k_different_answers_and_keeps_those_judged_reasonable(backend):
+    """The k answers come from the model itself (sampled per request); the verdicts are then seeded for exactly
+    those answers, so the kept set is known: samples 1 and 3 reasonable, sample 2 not."""
+    cfg = config(strategy="filter", samples=3)
+    (first,) = run_loop(backend, [A], cfg)
+    assert len(set(first.answers)) == 3, first.answers  # defect: all k were token-identical on transformers
+    assert first.kept == [] and first.quality == "fallback"  # a random reflector gives no verdict
+    for k, answer in enumerate(first.answers):
+        seed_reflect(backend, A, answer, reasonable=k != 1, cfg=cfg)
+    calls = backend.calls
+    (again,) = run_loop(backend, [A], cfg)
+    assert backend.calls == calls  # the same k answers, from the cache
+    assert again.answers == first.answers
+    assert again.kept == [first.answers[0], first.answers[2]] and again.quality == "parsed"
 
 
 def test_replies_that_do_not_parse_are_retried_then_recorded(backend):
@@ -125,6 +141,7 @@ def test_replies_that_do_not_parse_are_retried_then_recorded(backend):
         assert chain.parse_failures == ["reason", "reflect-1"]
         assert [r["step"] for r in chain.replies] == ["reason", "reason (strict)", "reflect-1", "reflect-1 (strict)"]
         assert chain.knowledge == clip_words(chain.replies[1]["reply"])  # falls back to the reply itself
+        assert chain.quality == "fallback"
         assert chain.judgements == [None] and chain.refinements == 0  # no verdict: the answer is kept
         assert chain.tokens_out > 0 and chain.tokens_in > chain.tokens_out
 
@@ -134,7 +151,7 @@ def test_prefilled_tags_make_even_a_random_model_parse(backend):
     (a,) = run_loop(backend, [A], ITERATIVE)
     reason = a.replies[0]["reply"]
     assert reason.startswith("<preference>") and a.answers[0] == clip_words(reason[len("<preference>") :])
-    assert a.parse_failures == ["reflect-1"] and a.judgements == [None]
+    assert a.parse_failures == ["reflect-1"] and a.judgements == [None] and a.quality == "parsed"
 
 
 def test_a_refinement_that_does_not_parse_keeps_the_previous_answer(backend):

@@ -3,17 +3,17 @@ reading of the protocol (DESIGN §3)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from collections import defaultdict
+from decimal import Decimal
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from r4ec.data import load_dataset
-from r4ec.marts import MartsError, build_marts, run_dbt, split_counts
-from tests.conftest import amazon_settings
+from r4ec.marts import MartsError, build_marts, built_with, run_dbt, split_counts
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,13 @@ def mart(settings, name):
     return pq.read_table(settings.marts_dir / f"{name}.parquet").to_pylist()
 
 
-def expected_samples(ratings, threshold, history_length=10, llm_history=11, train_fraction=0.8):
+def hash_fraction(*values) -> float:
+    """dbt/macros/hash_fraction.sql in Python: the first 8 hex digits of md5('seed:value:...') over 2^32."""
+    return int(hashlib.md5(":".join(map(str, values)).encode()).hexdigest()[:8], 16) / 4294967296
+
+
+def expected_samples(ratings, threshold, history_length=10, llm_history=11, train_fraction=0.8,
+                     valid_strategy="temporal", valid_fraction=0.1, seed=42):  # fmt: skip
     """The protocol, written out plainly: sample_id -> (item, label, split, history item ids)."""
     by_user = defaultdict(list)
     for order, (user, item, rating, stamp) in enumerate(ratings):
@@ -32,20 +38,32 @@ def expected_samples(ratings, threshold, history_length=10, llm_history=11, trai
         rows.sort()  # (day, file order): the stable day-truncated ordering
         n = len(rows)
         split_at = math.floor(train_fraction * n)
+        train_positions = max(0, split_at - llm_history + 1)
+        held_out = math.ceil(Decimal(str(valid_fraction)) * train_positions)  # 10 % of 30 is 3, not 3.0000000000000004
         for position in range(llm_history, n):
             split = "train" if position <= split_at else "test"
-            if position == split_at:
-                split = "valid"  # the last train position of each user
+            if split == "train" and {
+                "temporal": position > split_at - held_out,  # the last ceil(10 %) of the user's train positions
+                "last": position == split_at,  # the last train position of each user
+                "fraction": hash_fraction(seed, user, position) < valid_fraction,
+            }[valid_strategy]:
+                split = "valid"
             history = [item for _, _, item, _ in rows[max(0, position - history_length) : position]]
             _, _, item, rating = rows[position]
             samples[f"{user}:{position}"] = (item, int(rating > threshold), split, history)
     return samples
 
 
+def samples_of(settings):
+    return {r["sample_id"]: (r["item_id"], r["label"], r["split"], r["history_item_ids"]) for r in mart(settings, "ctr_samples")}
+
+
 def test_ml100k_has_the_papers_sample_count(ml100k):
     counts = split_counts(ml100k.marts_dir)
     assert sum(count for count, _ in counts.values()) == 100_000 - 943 * 11 == 89_627
-    assert counts["valid"][0] == 943  # one per user
+    print("ml-100k splits:", {split: f"{count:,} ({ratio:.1%} positive)" for split, (count, ratio) in counts.items()})
+    # temporal validation: ceil(10 %) of each user's train positions, 7,408 samples rather than 943 (one per user)
+    assert {split: count for split, (count, _) in counts.items()} == {"train": 62_781, "valid": 7_408, "test": 19_438}
     for _, ratio in counts.values():
         assert 0.5 < ratio < 0.6  # ml-100k: a little over half of ratings are 4 or 5
 
@@ -53,24 +71,28 @@ def test_ml100k_has_the_papers_sample_count(ml100k):
 def test_ml100k_samples_follow_the_protocol(ml100k):
     rows = pq.read_table(ml100k.raw_dir / "ratings.parquet").to_pylist()
     ratings = [(r["user_id"], r["item_id"], r["rating"], r["timestamp"]) for r in rows]
-    expected = expected_samples(ratings, threshold=3.0)
-    got = {
-        r["sample_id"]: (r["item_id"], r["label"], r["split"], r["history_item_ids"])
-        for r in mart(ml100k, "ctr_samples")
-    }
-    assert got == expected
+    assert samples_of(ml100k) == expected_samples(ratings, threshold=3.0)
 
 
-def test_small_ml1m_samples_follow_the_protocol(ml1m, ml1m_files):
+@pytest.mark.parametrize("valid_strategy", ["temporal", "last", "fraction"])
+def test_small_ml1m_samples_follow_the_protocol(ml1m, ml1m_files, tmp_path, valid_strategy):
     ratings = ml1m_files[1]
     # the files are meant to hold same-day ratings whose raw times disagree with file order
     days = defaultdict(list)
     for user, _, _, stamp in ratings:
         days[(user, stamp // 86400)].append(stamp)
     assert any(stamps != sorted(stamps) for stamps in days.values())
-    expected = expected_samples(ratings, threshold=3.0)
-    samples = mart(ml1m, "ctr_samples")
-    assert {r["sample_id"]: (r["item_id"], r["label"], r["split"], r["history_item_ids"]) for r in samples} == expected
+    settings = ml1m
+    if valid_strategy != ml1m.valid_strategy:  # the fixture is the default, temporal; build the others
+        settings = ml1m.model_copy(update={"data_dir": tmp_path, "valid_strategy": valid_strategy})
+        shutil.copytree(ml1m.raw_dir, settings.raw_dir)
+        build_marts(settings)  # every model and data test, the item prompts' included
+    assert samples_of(settings) == expected_samples(ratings, threshold=3.0, valid_strategy=valid_strategy)
+    # the item prompts show training-period ratings only, valid ones never, wherever the strategy puts them
+    splits = {(s["user_id"], s["item_id"]): s["split"] for s in mart(settings, "ctr_samples")}
+    shown = [(p[f"{role}_user_id"], h["item_id"]) for p in mart(settings, "item_prompt_inputs")
+             for role in ("liker", "disliker") for h in p[f"{role}_history"]]  # fmt: skip
+    assert shown and all(splits.get(key) in (None, "train") for key in shown)  # None: an LLM-history rating
 
 
 def test_history_attributes_are_aligned_and_before_the_sample(ml100k):
@@ -130,18 +152,19 @@ def test_items_never_learn_from_valid_or_test_ratings(ml100k):
     assert leaks == 0
 
 
-def test_amazon_books_build(amazon_files, tmp_path):
-    settings = amazon_settings(tmp_path, amazon_files[0], llm_history_length=2, history_length=3)
-    load_dataset(settings)
-    build_marts(settings)
-    samples = mart(settings, "ctr_samples")
+def test_amazon_books_build(amazon):
+    samples = mart(amazon, "ctr_samples")
     assert samples, "the small Amazon sample must yield CTR samples"
-    ratings = {(r["user_id"], r["item_id"]): r["rating"] for r in pq.read_table(settings.raw_dir / "ratings.parquet").to_pylist()}
-    assert all(s["label"] == int(ratings[(s["user_id"], s["item_id"])] > 4) for s in samples)  # books: 5 stars only
-    profile = {i["item_id"]: i for i in mart(settings, "item_profile")}
+    raw = pq.read_table(amazon.raw_dir / "ratings.parquet").to_pylist()
+    ratings = [(r["user_id"], r["item_id"], r["rating"], r["timestamp"]) for r in raw]
+    assert samples_of(amazon) == expected_samples(ratings, threshold=4.0, history_length=3, llm_history=2)  # 5 stars
+    assert {s["split"] for s in samples} == {"train", "valid", "test"}
+    assert all(count > 0 and 0 < ratio < 1 for count, ratio in split_counts(amazon.marts_dir).values())
+    profile = {i["item_id"]: i for i in mart(amazon, "item_profile")}
     assert profile["B0001X"]["category"] == "History"  # the second-level category
     assert profile["B0001X"]["brand"] == "Author 1"
-    assert all(u["age"] is None for u in mart(settings, "user_profile"))
+    assert any(i["brand"] is None for i in profile.values()) and any(i["category"] is None for i in profile.values())
+    assert all(u["age"] is None for u in mart(amazon, "user_profile"))
 
 
 def test_kar_protocol_splits_by_user(ml1m, ml1m_files, tmp_path):
@@ -175,6 +198,23 @@ def test_valid_fraction_is_seeded(ml1m, tmp_path):
     assert first == again and first != other
     train_and_valid = sum(1 for s in mart(ml1m, "ctr_samples") if s["split"] in ("train", "valid"))
     assert 0.03 < len(first) / train_and_valid < 0.2
+
+
+def test_marts_record_the_settings_they_were_built_with(ml1m, amazon):
+    assert built_with(ml1m.marts_dir) == {
+        key: value for key, value in ml1m.dbt_vars().items() if key not in ("raw_dir", "marts_dir", "domain")
+    }
+    assert (built_with(amazon.marts_dir)["history_length"], built_with(amazon.marts_dir)["valid_strategy"]) == (3, "temporal")
+
+
+def test_valid_scattered_among_train_fails_the_temporal_data_test(ml1m, tmp_path):
+    """The temporal check can fail: build with valid_strategy fraction, then test those tables as temporal."""
+    scattered = ml1m.model_copy(update={"data_dir": tmp_path, "valid_strategy": "fraction"})
+    shutil.copytree(ml1m.raw_dir, scattered.raw_dir)
+    build_marts(scattered)
+    temporal = scattered.model_copy(update={"valid_strategy": "temporal"})
+    with pytest.raises(MartsError, match="valid_follows_the_train_positions"):
+        run_dbt(temporal, "test", "--select", "valid_follows_the_train_positions")
 
 
 def test_a_leaking_history_fails_the_data_test(ml1m, tmp_path):

@@ -86,6 +86,8 @@ class Flaky(BaseHTTPRequestHandler):
     failures = 2
     sleep_s = 0.0
     seen = 0
+    body = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()  # fmt: skip
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         type(self).seen += 1
@@ -95,8 +97,7 @@ class Flaky(BaseHTTPRequestHandler):
             self.send_response(503)
             self.end_headers()
             return
-        body = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()  # fmt: skip
+        body = self.body
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -136,3 +137,11 @@ def test_a_slow_server_times_out(flaky):
     Flaky.failures, Flaky.sleep_s = 0, 1.0
     with pytest.raises(BackendError, match="ReadTimeout"):
         OpenAIBackend(flaky, "m", timeout_s=0.2, max_retries=1, backoff_s=0.01).generate([chat("hi")], GEN)
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy login</html>", b'{"error": "overloaded"}', b'{"choices": []}'])
+def test_a_200_that_is_not_a_completion_is_a_clear_error(flaky, body, monkeypatch):
+    monkeypatch.setattr(Flaky, "body", body)
+    Flaky.failures = 0
+    with pytest.raises(BackendError, match="HTTP 200 but the body is not a chat completion"):
+        OpenAIBackend(flaky, "m", max_retries=0).generate([chat("hi")], GEN)

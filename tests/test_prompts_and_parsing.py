@@ -2,7 +2,7 @@ import pytest
 
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import cut_at_stop
-from r4ec.knowledge.parsing import clip_words, parse_answer, parse_judgement, parse_prediction, section
+from r4ec.knowledge.parsing import clip_words, parse_answer, parse_judgement, parse_prediction, section, verdict
 
 USER = {"user_id": "7", "age": 24, "gender": "M", "occupation": "technician",
         "history": [{"item_id": "1", "title": "Toy Story", "release_year": 1995, "category": "Animation",
@@ -67,10 +67,90 @@ def test_parse_answer(reply, expected):
         ("Reasonable. The analysis cites the ratings.", True, None),  # no tag, verdict up front
         ("The analysis is long and it is not reasonable at all", None, None),  # verdict too late, no tag
         ("<judgement>maybe</judgement>", None, None),
+        # the parser before defect 6 got each of these wrong
+        ("<judgement>The answer isn't reasonable.</judgement><reflection>It ignores the 1-star ratings.</reflection>",
+         False, "It ignores the 1-star ratings."),
+        ("<judgement>reasonable or not reasonable</judgement><reflection>none</reflection>", None, "none"),
+        ("<judgement>Not entirely reasonable</judgement>\n<reflection>Heat is a crime film.</reflection>", False,
+         "Heat is a crime film."),
+        ("<judgement>No</judgement><reflection>Too generic.</reflection>", False, "Too generic."),
+        ("The analysis is not reasonable. It ignores the ratings.", False, None),  # no tag: six words are read
+        ("The answer isn't reasonable because it invents an age.", False, None),
+        ("<judgment>Mostly reasonable.</judgment><reflection>none</reflection>", True, "none"),
+        ("Reasonable or not reasonable? Not reasonable.", False, None),  # the template echoed, then answered
     ],
 )  # fmt: skip
 def test_parse_judgement(reply, verdict, feedback):
     assert parse_judgement(reply) == (verdict, feedback)
+
+
+# How reflectors phrase a verdict. Marked `# was ...`: what the parser before defect 6 returned instead.
+VERDICTS = [
+    ("reasonable", True),
+    ("The answer is reasonable.", True),
+    ("Verdict: reasonable", True),
+    ("It's reasonable and grounded in the ratings.", True),
+    ("Yes, the analysis is reasonable.", True),
+    ("I would say it is reasonable.", True),
+    ("The analysis is mostly reasonable.", True),
+    ("Largely reasonable, though it could name more titles.", True),
+    ("The answer is reasonable but not very specific.", True),
+    ("Not only reasonable but also specific.", True),
+    ("It is not unreasonable.", True),  # was False
+    ("**Reasonable**", True),
+    ("yes", True),  # was None
+    ("The reasoning is sound.", True),  # was None
+    ("Not reasonable.", False),
+    ("NOT REASONABLE", False),
+    ("Unreasonable.", False),
+    ("**Verdict:** Not reasonable", False),
+    ("The answer isn't reasonable.", False),  # was True
+    ("The answer isn\u2019t reasonable.", False),  # was True
+    ("The analysis is not entirely reasonable.", False),  # was True
+    ("It is not fully reasonable.", False),  # was True
+    ("Not quite reasonable.", False),  # was True
+    ("This is not a reasonable analysis.", False),  # was True
+    ("The answer is NOT a reasonable one", False),  # was True
+    ("The answer is not really reasonable.", False),  # was True
+    ("It doesn't seem reasonable.", False),  # was True
+    ("The analysis cannot be considered reasonable.", False),  # was True
+    ("It is hardly reasonable.", False),  # was True
+    ("The claims are never reasonable here.", False),  # was True
+    ("I don't think the answer is reasonable.", False),  # was True
+    ("It is far from reasonable.", False),  # was True
+    ("Neither reasonable nor specific.", False),  # was True
+    ("The analysis is not specific or reasonable.", False),  # was True
+    ("It would not be reasonable to keep it.", False),  # was True
+    ("The analysis is partially reasonable.", False),  # was True
+    ("Somewhat reasonable, but the age claim is invented.", False),  # was True
+    ("Only partly reasonable.", False),  # was True
+    ("The analysis is semi-reasonable.", False),  # was True
+    ("The reasoning is not sound.", False),  # was None
+    ("The analysis is invalid.", False),  # was None
+    ("no", False),  # was None
+    ("Is it reasonable? No.", False),  # was True
+    ("Verdict: not reasonable. The genre claims are reasonable, but the age claim is invented.", False),
+    ("Not reasonable. A reasonable analysis would cite the ratings.", False),
+    ("Reasonable / Not reasonable: not reasonable", False),
+    ("reasonable or not reasonable", None),  # was False
+    ("Reasonable/Not reasonable", None),  # was False
+    ("[reasonable | not reasonable]", None),  # was False
+    ("Reasonable or unreasonable", None),  # was False
+    ("reasonable or not?", None),  # was True
+    ("Is the analysis reasonable?", None),  # was True
+    ("The answer is reasonable. The answer is not reasonable.", None),  # was False
+    ("Some claims are reasonable, others are not reasonable.", None),  # was False
+    ("It would be reasonable if it cited the ratings.", None),  # was True
+    ("It is reasonable only if the ratings are trusted.", None),  # was True
+    ("A reasonable analysis would cite the ratings.", None),  # was True
+    ("maybe", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", VERDICTS)
+def test_verdict_reads_negations_hedges_and_echoes(text, expected):
+    assert verdict(text) is expected
 
 
 def test_prediction_and_word_limit():

@@ -113,6 +113,6 @@ def test_knowledge_from_a_sampled_run_is_trained_and_named_as_such(data_dir):
     assert main(argv) == 0
     run = data_dir / "models" / "artifacts" / "ml-100k" / "din-single-sample5-mlp-seed1"
     config = json.loads((run / "config.json").read_text())
-    assert config["knowledge_limit"] == 5 and config["training_set"].endswith("training/ml-100k/single-sample5.parquet")
+    assert config["knowledge_limit"] == 5 and config["training_set"].endswith("training/ml-100k/single_sample5.parquet")
     vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
     assert 0 < vectors.null_count < len(vectors)  # only the 5 sampled users have knowledge

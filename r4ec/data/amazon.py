@@ -38,13 +38,21 @@ def _field(record: dict, name: str):
     return record[name]
 
 
+def _id(record: dict, name: str) -> str:
+    """reviewerID and asin are JSON strings of printable characters without spaces."""
+    value = _field(record, name)
+    if not isinstance(value, str):
+        raise RowError(f"{name} is not a string: {value!r}")
+    return as_id(value, name)
+
+
 def _review(record: dict) -> tuple[str, str, float, int]:
     stamp = _field(record, "unixReviewTime")
     if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
         raise RowError(f"unixReviewTime is not a non-negative integer: {stamp!r}")
     return (
-        as_id(str(_field(record, "reviewerID")), "reviewerID"),
-        as_id(str(_field(record, "asin")), "asin"),
+        _id(record, "reviewerID"),
+        _id(record, "asin"),
         as_rating(str(_field(record, "overall"))),
         stamp,
     )
@@ -61,7 +69,7 @@ def _read_reviews(path: Path, staging: Path, rejects: Rejects) -> int:
             for values in columns.values():
                 values.clear()
 
-        for number, line in tqdm(numbered_lines(path), desc=path.name, unit=" lines", mininterval=2):
+        for number, line in tqdm(numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2):
             if not line.strip():
                 continue
             try:
@@ -113,7 +121,7 @@ def _book(record: dict) -> dict:
         raise RowError("category is not a list")
     brand = record.get("brand")
     return {
-        "item_id": as_id(str(_field(record, "asin")), "asin"),
+        "item_id": _id(record, "asin"),
         "title": (record.get("title") or "").strip() or None,
         "brand": brand.strip() if isinstance(brand, str) and brand.strip() else None,
         "categories": [str(c).strip() for c in categories if str(c).strip()],
@@ -123,7 +131,7 @@ def _book(record: dict) -> dict:
 def _read_meta(path: Path, keep: set[str], rejects: Rejects) -> list[dict]:
     """Metadata of the kept items only; the first line of an item that appears twice wins."""
     items: dict[str, dict] = {}
-    for number, line in tqdm(numbered_lines(path), desc=path.name, unit=" lines", mininterval=2):
+    for number, line in tqdm(numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2):
         if not line.strip():
             continue
         try:
@@ -140,9 +148,11 @@ def load_amazon_books(folder: Path, out_dir: Path, min_user: int, min_item: int)
     rejects = Rejects()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / "reviews_unfiltered.parquet.partial"
-    read = _read_reviews(folder / REVIEWS_FILE, staging, rejects)
-    ratings, rounds = k_core(staging, min_user, min_item)
-    staging.unlink()
+    try:  # the staging file never outlives the load, whatever stops it
+        read = _read_reviews(folder / REVIEWS_FILE, staging, rejects)
+        ratings, rounds = k_core(staging, min_user, min_item)
+    finally:
+        staging.unlink(missing_ok=True)
     kept_items = set(ratings.column("item_id").to_pylist())
     items = _read_meta(folder / META_FILE, kept_items, rejects)
     found = {item["item_id"] for item in items}

@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from r4ec.data.tables import LoadSummary, Rejects, RowError, as_id, as_int, as_rating, parse_delimited, write_dataset
+from r4ec.data.tables import (
+    LoadSummary,
+    Rejects,
+    RowError,
+    as_int,
+    as_integer_id,
+    as_rating,
+    parse_delimited,
+    write_dataset,
+)
 
 ML1M_OCCUPATIONS = [
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
@@ -41,8 +50,8 @@ def _rating_row(user: str, item: str, rating: str, timestamp: str) -> dict:
     if stamp < 0:
         raise RowError(f"timestamp is negative: {stamp}")
     return {
-        "user_id": as_id(user, "user_id"),
-        "item_id": as_id(item, "item_id"),
+        "user_id": as_integer_id(user, "user_id"),
+        "item_id": as_integer_id(item, "item_id"),
         "rating": as_rating(rating),
         "timestamp": stamp,
     }
@@ -62,7 +71,7 @@ def _ml1m_movie(fields: list[str]) -> dict:
     genres = [g for g in fields[2].strip().split("|") if g]
     if not genres:
         raise RowError("no genre")
-    return {"item_id": as_id(fields[0], "item_id"), "title": title, "year": year, "genres": genres}
+    return {"item_id": as_integer_id(fields[0], "item_id"), "title": title, "year": year, "genres": genres}
 
 
 def _ml1m_user(fields: list[str]) -> dict:
@@ -73,7 +82,7 @@ def _ml1m_user(fields: list[str]) -> dict:
     if gender not in ("M", "F"):
         raise RowError(f"gender is not M or F: {gender!r}")
     return {
-        "user_id": as_id(fields[0], "user_id"),
+        "user_id": as_integer_id(fields[0], "user_id"),
         "gender": gender,
         "age": as_int(fields[2], "age"),
         "occupation": ML1M_OCCUPATIONS[code],
@@ -97,7 +106,7 @@ def load_ml1m(folder: Path, out_dir: Path) -> LoadSummary:
 
 def _ml100k_user(fields: list[str]) -> dict:
     return {
-        "user_id": as_id(fields[0], "user_id"),
+        "user_id": as_integer_id(fields[0], "user_id"),
         "age": as_int(fields[1], "age"),
         "gender": fields[2].strip(),
         "occupation": fields[3].strip(),
@@ -111,12 +120,12 @@ def _grouplens_item(fields: list[str]) -> dict:
         raise RowError("genre flags are not 0/1")
     title, year = split_title_year(fields[1])
     genres = [genre for genre, flag in zip(ML100K_GENRES, flags) if flag == "1"]
-    return {"item_id": as_id(fields[0], "item_id"), "title": title, "year": year, "genres": genres}
+    return {"item_id": as_integer_id(fields[0], "item_id"), "title": title, "year": year, "genres": genres}
 
 
 def _recbole_item(fields: list[str]) -> dict:
     return {
-        "item_id": as_id(fields[0], "item_id"),
+        "item_id": as_integer_id(fields[0], "item_id"),
         "title": fields[1].strip(),
         "year": _year_or_none(fields[2]),
         "genres": fields[3].split(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,16 @@ class Rejects:
     """Malformed lines, counted and kept with file, line number and reason, never silently dropped."""
 
     rows: list[dict] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # files that stop early, for the load's summary line
 
     def add(self, file: Path, line_number: int, reason: str, line: str) -> None:
         self.rows.append({"file": file.name, "line_number": line_number, "reason": reason, "line": line[:1000]})
+
+    def damaged(self, file: Path, line_number: int, offset: int, error: Exception, line: str) -> None:
+        """A file whose compressed stream breaks off: one reject at the line it broke in, and a note."""
+        where = f"line {line_number:,} (uncompressed byte {offset:,})"
+        self.add(file, line_number, f"damaged gzip: {error}; the file is unread from {where} on", line)
+        self.damage.append(f"{file.name} is damaged at {where}: {line_number - 1:,} lines before it were read")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -49,16 +58,55 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline); gzip is read transparently."""
+_CHUNK_BYTES = 1 << 20
+
+
+def numbered_lines(path: Path, encoding: str = "utf-8", rejects: Rejects | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline); gzip is read transparently; lines end at a newline byte.
+
+    Read in binary chunks, so that where a gzip stream breaks off (truncated, corrupt) every whole line before
+    the damage is still yielded; with `rejects`, the damage becomes a reject with its line number and byte offset
+    and reading stops there, otherwise it is a DataError. A line that does not decode is a reject too. A file that
+    yields no byte at all (not gzip, say) is a DataError either way."""
     require_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    number, offset, pending = 0, 0, b""
     try:
-        with opener(path, "rt", encoding=encoding, errors="strict", newline="") as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+            while True:
+                try:
+                    chunk = handle.read1(_CHUNK_BYTES)
+                except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+                    if rejects is None or (number == 0 and not pending):
+                        raise DataError(f"{path}: cannot be read ({error})") from error
+                    rejects.damaged(path, number + 1, offset, error, pending.decode(encoding, errors="replace"))
+                    return
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for raw in lines:
+                    number += 1
+                    line = _decoded(path, number, offset, raw.removesuffix(b"\r"), encoding, rejects)
+                    offset += len(raw) + 1
+                    if line is not None:
+                        yield number, line
+    except OSError as error:
         raise DataError(f"{path}: cannot be read ({error})") from error
+    if pending:
+        line = _decoded(path, number + 1, offset, pending.removesuffix(b"\r"), encoding, rejects)
+        if line is not None:
+            yield number + 1, line
+
+
+def _decoded(path: Path, number: int, offset: int, raw: bytes, encoding: str, rejects: Rejects | None) -> str | None:
+    """The line as text, or None where it does not decode (a reject naming the byte: one bad line, not a bad file)."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        if rejects is None:
+            raise DataError(f"{path}: line {number:,} is not {encoding} ({error.reason})") from None
+        rejects.add(path, number, f"not {encoding}: {error.reason} at byte {offset + error.start:,}",
+                    raw.decode(encoding, errors="replace"))  # fmt: skip
+        return None
 
 
 def parse_delimited(
@@ -72,7 +120,7 @@ def parse_delimited(
 ) -> list[dict]:
     """Split each line into exactly `n_fields` fields and turn it into a row; bad lines go to `rejects`."""
     rows = []
-    for number, line in numbered_lines(path, encoding):
+    for number, line in numbered_lines(path, encoding, rejects):
         if (header and number == 1) or not line.strip():
             continue
         fields = line.split(separator)
@@ -103,10 +151,27 @@ def as_rating(value: str, low: float = 1.0, high: float = 5.0) -> float:
     return rating
 
 
+_INTEGER = re.compile(r"[0-9]+")
+
+
 def as_id(value: str, what: str) -> str:
-    value = value.strip()
+    """A printable id without spaces (Amazon's reviewerID / asin), taken as it is: an id holding a control character
+    or a space is a damaged line, not an id (str.strip would even remove \\x1c-\\x1f and pass what is left)."""
     if not value:
         raise RowError(f"{what} is empty")
+    if not value.isprintable() or " " in value:
+        raise RowError(f"{what} is not printable text without spaces: {value!r}")
+    return value
+
+
+def as_integer_id(value: str, what: str) -> str:
+    """A MovieLens id: ASCII digits only, spaces and tabs around them allowed (int() would also take '+7', '1_0',
+    Arabic-Indic digits, and strip control characters); kept as text."""
+    value = value.strip(" \t")
+    if not value:
+        raise RowError(f"{what} is empty")
+    if not _INTEGER.fullmatch(value):
+        raise RowError(f"{what} is not an integer: {value!r}")
     return value
 
 
@@ -114,8 +179,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     """Write to a temporary name and rename, so a crash never leaves a half-written table behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    try:
+        pq.write_table(table, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclass
@@ -150,4 +218,4 @@ def write_dataset(
         write_parquet(table, out_dir / f"{name}.parquet")
         counts[name] = table.num_rows
     write_parquet(pa.Table.from_pylist(rejects.rows, schema=REJECTS), out_dir / "rejects.parquet")
-    return LoadSummary(dataset, out_dir, counts, rejects.by_reason(), notes or [])
+    return LoadSummary(dataset, out_dir, counts, rejects.by_reason(), [*rejects.damage, *(notes or [])])

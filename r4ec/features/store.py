@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from r4ec import fingerprint, layout
 from r4ec.config import Settings
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,32 @@ def feature_store(settings: Settings):
 
 
 def apply(settings: Settings) -> list[str]:
-    """Register entities, views and services; returns the feature services now registered."""
+    """Make the registry hold exactly the definitions of these settings: register entities, views and services, and
+    delete every view, service and source that is not among them (e.g. a removed knowledge run), so that a name can
+    never serve stale data. Returns the feature services now registered."""
     from r4ec.features.repo import definitions
 
     store = feature_store(settings)
     objects = definitions(settings)
-    store.apply(objects)
+    names = {getattr(o, "name", None) for o in objects} | {o.batch_source.name for o in objects if hasattr(o, "batch_source")}
+    stale = [
+        *(s for s in store.list_feature_services() if s.name not in names),
+        *(v for v in store.list_feature_views() if v.name not in names),
+        *(d for d in store.list_data_sources() if d.name not in names),
+    ]
+    for obj in stale:
+        log.info("feast: removing %s '%s' (no longer defined)", type(obj).__name__, obj.name)
+    store.apply(objects, objects_to_delete=stale, partial=False)
+    _forget_materialized(settings, {o.name for o in stale})
     return sorted(s.name for s in store.list_feature_services())
+
+
+def _forget_materialized(settings: Settings, views: set[str]) -> None:
+    """A deleted view's files must be loaded again if a view of that name comes back."""
+    state_path = settings.feast_dir / "materialized.json"
+    if views and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({k: v for k, v in state.items() if k not in views}, indent=1))
 
 
 def _source_files(view) -> list[Path]:
@@ -117,16 +137,20 @@ def service_sources(settings: Settings, service: str) -> list[Path]:
             f"feature service '{service}' is not registered (registered: {known}); encode that knowledge run and "
             "run `r4ec features apply`"
         ) from None
-    files = [settings.marts_dir / "ctr_samples.parquet"]
+    files = [layout.mart_path(settings, "ctr_samples")]
     for projection in projections:
         files += _source_files(store.get_feature_view(projection.name))
     return files
 
 
-def training_set_path(settings: Settings, service: str) -> Path:
-    """training/DATASET/SERVICE[-sampleN].parquet: a knowledge service registered from a sampled run says so."""
-    limit = settings.knowledge.limit
-    return settings.training_dir / f"{service}{f'-sample{limit}' if limit and service != 'base' else ''}.parquet"
+def service_fingerprint(settings: Settings, service: str) -> str:
+    """What a training set from `service` is built from: the content of the CTR samples and of every source file
+    of its views, and the views' names and fields."""
+    store = feature_store(settings)
+    projections = store.get_feature_service(service).feature_view_projections
+    features = {p.name: sorted(f.name for f in p.features) for p in projections}
+    files = {str(path): fingerprint.of_file(path) for path in service_sources(settings, service)}
+    return fingerprint.of_json({"service": service, "features": features, "files": files})
 
 
 def training_set(settings: Settings, samples: pd.DataFrame, service: str) -> pd.DataFrame:
@@ -153,17 +177,33 @@ def ctr_samples(settings: Settings) -> pd.DataFrame:
     """The CTR samples' keys, label and split: the entity frame of a training set (features come from Feast)."""
     import duckdb
 
+    path = layout.mart_path(settings, "ctr_samples")
+    if not path.is_file():
+        raise FeaturesError(f"{path} not found: run `r4ec marts build` first")
     columns = "sample_id, user_id, item_id, event_timestamp, label, split, position"
-    return duckdb.sql(f"select {columns} from read_parquet('{settings.marts_dir / 'ctr_samples.parquet'}')").df()
+    return duckdb.sql(f"select {columns} from read_parquet('{path}')").df()
+
+
+TRAINING_SET_STAMP = b"r4ec.sources"  # parquet metadata key: the service fingerprint a training set was built from
 
 
 def write_training_set(settings: Settings, service: str, output: Path | None = None) -> tuple[Path, pd.DataFrame]:
-    """The training set of every CTR sample from `service`, as parquet (default: DATA_DIR/training/DATASET/)."""
+    """The training set of every CTR sample from `service`, as parquet (default: DATA_DIR/training/DATASET/),
+    stamped with the fingerprint of what it was built from."""
     import pyarrow as pa
 
     from r4ec.data.tables import write_parquet
 
+    stamp = service_fingerprint(settings, service)
     frame = training_set(settings, ctr_samples(settings), service)
-    path = output or training_set_path(settings, service)
-    write_parquet(pa.Table.from_pandas(frame, preserve_index=False), path)
+    path = output or layout.training_set_path(settings, service)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    write_parquet(table.replace_schema_metadata({**(table.schema.metadata or {}), TRAINING_SET_STAMP: stamp.encode()}), path)
     return path, frame
+
+
+def training_set_stamp(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    value = (pq.read_schema(path).metadata or {}).get(TRAINING_SET_STAMP) if path.is_file() else None
+    return value.decode() if value else None

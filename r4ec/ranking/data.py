@@ -2,7 +2,8 @@
 
 The batch contract every backbone takes (DESIGN §6):
     fields           [B, F] long   categorical fields (user, item, category, brand, age, gender, occupation)
-    history          [B, K, 3] long  the K previous items: item id, category, brand (oldest first, padded at the end)
+    history          [B, K, 3] long  the K previous items: item id, category, brand (oldest first, padded at the end;
+                                     K is the marts' history_length: a longer history is an error, never cut)
     history_ratings  [B, K] float
     history_mask     [B, K] bool   True where a real interaction
     knowledge        [B, N, D] float or None   N knowledge vectors (user, item), zeros where missing
@@ -10,7 +11,9 @@ The batch contract every backbone takes (DESIGN §6):
 
 Indices: one id space for all fields (each field has an offset), 0 = padding / missing, and per field one index for
 values never seen in training. History items share the item field's ids, so a target item and the same item in a
-history have the same embedding. Vocabularies come from the train split only.
+history have the same embedding. Vocabularies come from the train split only. A missing value (null, or NaN where
+pandas turned a null number into one: Amazon has no demographics, books may lack a brand or a category) is padding,
+never a value of its own.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class Vocab:
             for history, of_field in HISTORY:
                 if of_field == field and history in train.column_names:
                     seen |= set(_strings(pc.list_flatten(train.column(history))))
-            seen.discard("")
+            seen -= {"", None}  # missing: padding, and None cannot be sorted among strings
             values[field] = {value: n for n, value in enumerate(sorted(seen), start=2)}
             offsets[field] = size - 1  # so that field id 1 (unknown) lands on size, and pad stays 0
             size += len(values[field]) + 1
@@ -57,8 +60,8 @@ class Vocab:
 
 
 def _strings(column) -> list[str | None]:
-    """Values as strings (ages are numbers), None kept."""
-    return [None if v is None else str(v) for v in column.to_pylist()]
+    """Values as strings (ages are numbers); None and NaN are None."""
+    return [None if v is None or v != v else str(v) for v in column.to_pylist()]
 
 
 @dataclass
@@ -88,12 +91,9 @@ class Tensors(Batch):
 
 
 def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.ndarray:
-    """Flat list values + lengths -> [rows, width], left-aligned, the last `width` of longer lists kept."""
+    """Flat list values + lengths (each <= width) -> [rows, width], left-aligned, zeros after."""
     out = np.zeros((len(lengths), width), dtype)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    for row, (start, length) in enumerate(zip(starts, lengths)):  # rows, not values: cheap at these sizes
-        kept = min(length, width)
-        out[row, :kept] = values[start + length - kept : start + length]
+    out[np.arange(width)[None, :] < lengths[:, None]] = values  # row-major: each row's values in order
     return out
 
 
@@ -111,8 +111,17 @@ def _vectors(table: pa.Table, name: str) -> np.ndarray:
 
 
 def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tuple[str, ...] = ()) -> Tensors:
+    """The table as tensors with histories `history_length` wide. A longer history means the training set was built
+    with a larger K than the model's: that is an error, not a cut (the model would silently see less than the
+    marts hold)."""
     fields = np.stack([vocab.encode(field, table.column(field)) for field in FIELDS], axis=1)
     lengths = pc.list_value_length(table.column("history_item_ids")).fill_null(0).to_numpy()
+    if len(lengths) and lengths.max() > history_length:
+        raise RankingError(
+            f"{int((lengths > history_length).sum()):,} samples have histories of up to {lengths.max()} items, "
+            f"longer than history_length {history_length}: train with the K the marts were built with "
+            "(R4EC_HISTORY_LENGTH), or rebuild the marts with this one"
+        )
     history = np.stack(
         [
             _padded(vocab.encode(of_field, pc.list_flatten(table.column(column))), lengths, history_length, np.int64)

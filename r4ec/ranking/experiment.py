@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r4ec.config import Settings
-from r4ec.ranking.train import TrainConfig, save, train
+from r4ec.ranking import RankingError
+from r4ec.ranking.train import BACKBONES, TrainConfig, save, train
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,51 @@ def training_table(settings: Settings, service: str, rebuild: bool = False) -> t
     return pq.read_table(path), path
 
 
+def train_configs(
+    settings: Settings,
+    backbones: Iterable[str] = ("din",),
+    knowledge: Iterable[str] = ("none",),
+    seeds: Iterable[int] | None = None,
+    **options: object,
+) -> list[TrainConfig]:
+    """The sweep grid backbone x knowledge x seed. 'all' is every backbone but lr; lr trains on base features only
+    and takes no connector. K, the knowledge sample and the default seed come from the settings; `options` are
+    TrainConfig fields (epochs, learning_rate, ...), None meaning 'the default'."""
+    every = [name for name in BACKBONES if name != "lr"]
+    names = list(dict.fromkeys(b for name in backbones for b in (every if name == "all" else [name])))
+    options = {"history_length": settings.history_length, **{k: v for k, v in options.items() if v is not None}}
+    lr_options = {k: v for k, v in options.items() if k != "connector"}  # no knowledge, so no connector
+    seeds = list(seeds or ()) or [settings.seed]
+    return [
+        TrainConfig(backbone=backbone, knowledge=kind, knowledge_limit=settings.knowledge.limit, seed=seed,
+                    **(lr_options if backbone == "lr" else options))
+        for backbone in names
+        for kind in (["none"] if backbone == "lr" else list(knowledge))
+        for seed in seeds
+    ]  # fmt: skip
+
+
+def check_history_length(settings: Settings, configs: Iterable[TrainConfig]) -> None:
+    """Every run's K must be the K the marts were built with: a larger one would be padded, a smaller one would cut
+    each history short without a word. Also the first check that there are marts to train on at all."""
+    from r4ec.marts import built_with
+
+    samples = settings.marts_dir / "ctr_samples.parquet"
+    if not samples.is_file():
+        raise RankingError(f"no CTR samples at {samples}: run `r4ec data load` and `r4ec marts build` first")
+    built = built_with(settings.marts_dir)
+    if built is None:
+        raise RankingError(f"the marts in {settings.marts_dir} do not say which K they were built with "
+                           "(no marts_settings.parquet): rebuild them with `r4ec marts build`")  # fmt: skip
+    for config in configs:
+        if config.history_length != built["history_length"]:
+            raise RankingError(
+                f"{config.run_name}: history_length {config.history_length}, but the marts in {settings.marts_dir} "
+                f"were built with {built['history_length']}: rebuild the marts with R4EC_HISTORY_LENGTH="
+                f"{config.history_length}, or train with {built['history_length']}"
+            )
+
+
 def is_done(run: Path, config: TrainConfig) -> bool:
     """A finished run (metrics written) of exactly this configuration."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
@@ -47,6 +93,7 @@ def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrit
     """Train every configuration not already trained; one training set per feature service. Returns run folders."""
     out = settings.artifacts_dir
     configs = list(configs)
+    check_history_length(settings, configs)
     pending = [c for c in configs if overwrite or not is_done(out / c.run_name, c)]
     pending.sort(key=lambda c: (c.service, c.knowledge_limit or 0))  # stable: one training set after another
     if len(pending) < len(configs):

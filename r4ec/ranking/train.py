@@ -19,7 +19,10 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
+from r4ec.config import Settings
+from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
+from r4ec.ranking.connectors import CONNECTORS
 from r4ec.ranking.data import FIELDS, Tensors, Vocab, to_tensors
 from r4ec.ranking.dcn import DCN
 from r4ec.ranking.deepfm import DeepFM
@@ -40,14 +43,18 @@ KNOWLEDGE = ("none", "single", "iterative", "filter")
 # Adam's step size, chosen on ml-100k's validation AUC (seed 1; 1e-3 and 3e-3 for the backbones, 3e-3 to 3e-2 for lr)
 LEARNING_RATES = {"lr": 1e-2}
 DEFAULT_LEARNING_RATE = 3e-3
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run. K (history_length) and the seed default to the Settings defaults, their only source; a
+    sweep takes both from the settings in use (r4ec.ranking.experiment.train_configs)."""
+
     backbone: str = "din"
     knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative, filter
     knowledge_limit: int | None = None  # the knowledge run was on a sample of this many users and items
-    seed: int = 42
+    seed: int = Settings.model_fields["seed"].default
     epochs: int = 10
     patience: int = 2  # epochs without a better validation AUC before stopping
     batch_size: int = 1024
@@ -55,7 +62,26 @@ class TrainConfig:
     weight_decay: float = 0.0
     dim: int = 16
     connector: str = "mlp"
-    history_length: int = 10
+    history_length: int = Settings.model_fields["history_length"].default  # K: must be the marts' K
+
+    def __post_init__(self) -> None:
+        """A configuration that cannot train fails here, in one line, not as a traceback epochs later."""
+        problems = [
+            f"unknown {name} '{value}' (known: {', '.join(known)})"
+            for name, value, known in (("backbone", self.backbone, BACKBONES), ("knowledge", self.knowledge, KNOWLEDGE),
+                                       ("connector", self.connector, CONNECTORS))
+            if value not in known
+        ]  # fmt: skip
+        at_least_one = {name: getattr(self, name) for name in ("epochs", "patience", "batch_size", "dim", "history_length")}
+        if self.knowledge_limit is not None:
+            at_least_one["knowledge_limit"] = self.knowledge_limit
+        problems += [f"{name} must be at least 1, not {value}" for name, value in at_least_one.items() if value < 1]
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            problems.append(f"learning_rate must be positive, not {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            problems.append(f"weight_decay must not be negative, not {self.weight_decay}")
+        if problems:
+            raise RankingError(f"bad training configuration: {'; '.join(problems)}")
 
     @property
     def service(self) -> str:
@@ -80,6 +106,7 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: train loss, valid auc / logloss
     seconds: float = 0.0
     samples_per_second: float = 0.0
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> rows, positives
 
 
 def split(table: pa.Table, name: str) -> pa.Table:
@@ -115,14 +142,29 @@ def split_tensors(table: pa.Table, config: TrainConfig) -> tuple[Vocab, dict[str
     vocab = Vocab.fit(split(table, "train"))
     everything = to_tensors(table, vocab, config.history_length, knowledge)
     splits = table.column("split").to_numpy(zero_copy_only=False)
-    tensors = {name: everything.subset(torch.from_numpy(np.flatnonzero(splits == name))) for name in ("train", "valid", "test")}
+    tensors = {name: everything.subset(torch.from_numpy(np.flatnonzero(splits == name))) for name in SPLITS}
     return vocab, tensors, 0 if everything.knowledge is None else everything.knowledge.shape[-1]
+
+
+def split_sizes(tensors: dict[str, Tensors]) -> dict[str, dict[str, int]]:
+    """Rows and positives per split; a split without both classes is an error before any epoch is spent: AUC is
+    undefined on it (train: nothing to learn; valid: no epoch can be chosen; test: no figure to report)."""
+    sizes = {name: {"rows": len(t), "positives": int(t.label.sum())} for name, t in tensors.items()}
+    for name, size in sizes.items():
+        if not 0 < size["positives"] < size["rows"]:
+            counts = ", ".join(f"{n} {s['rows']:,} rows ({s['positives']:,} positive)" for n, s in sizes.items())
+            raise RankingError(
+                f"the {name} split has {size['rows']:,} rows, {size['positives']:,} of them positive: it needs both "
+                f"classes for an AUC ({counts}); more users, or another valid_strategy / valid_fraction"
+            )
+    return sizes
 
 
 def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
     """Fit on train, keep the epoch with the best validation AUC, report test metrics of that epoch."""
     torch.manual_seed(config.seed)
     vocab, tensors, knowledge_dim = split_tensors(table, config)
+    sizes = split_sizes(tensors)
     model = build_model(config, vocab, knowledge_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -154,7 +196,7 @@ def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
     seconds = time.perf_counter() - started
     model.load_state_dict(best_state)
     result = Result(config, best_epoch, evaluate(model, tensors["valid"]), evaluate(model, tensors["test"]), history,
-                    seconds, seen / seconds)  # fmt: skip
+                    seconds, seen / seconds, sizes)  # fmt: skip
     return model, result
 
 
@@ -169,6 +211,7 @@ def save(model: nn.Module, result: Result, directory: Path, **about: object) -> 
     config = {**asdict(c), "learning_rate": c.lr, "feature_service": c.service, **about}
     (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
     metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test, "epochs": result.history,
-               "seconds": result.seconds, "samples_per_second": result.samples_per_second}  # fmt: skip
+               "splits": result.splits, "seconds": result.seconds,
+               "samples_per_second": result.samples_per_second}  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return run

@@ -50,12 +50,22 @@ periods as (
 ),
 
 splits as (
+    -- valid is carved from each user's train positions. temporal (default): the last ceil(valid_fraction * m) of
+    -- the user's m train positions (at least one), so no train sample's history holds a valid label; decimal
+    -- arithmetic, so that 10 % of 30 is 3, not ceil(3.0000000000000004) = 4. last: the last train position.
+    -- fraction: a seeded share of train positions, wherever they fall.
     select
         *,
         case
             when period != 'train' then period
-            {% if var('valid_strategy') == 'last' %}
-                when position = max(case when period = 'train' then position end) over (partition by user_id)
+            {% if var('valid_strategy') == 'temporal' %}
+                when position > max(position) filter (where period = 'train') over user_periods
+                    - ceil(
+                        count(*) filter (where period = 'train') over user_periods
+                        * {{ var('valid_fraction') }}::decimal(18, 9)
+                    )
+            {% elif var('valid_strategy') == 'last' %}
+                when position = max(position) filter (where period = 'train') over user_periods
             {% else %}
                 when {{ hash_fraction(['user_id', 'position']) }} < {{ var('valid_fraction') }}
             {% endif %}
@@ -63,6 +73,7 @@ splits as (
             else 'train'
         end as split
     from periods
+    window user_periods as (partition by user_id)
 )
 
 select

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from feast import FileSource
 
+from r4ec import layout
 from r4ec.config import Settings
-from r4ec.encoding import vectors_dir
-from r4ec.knowledge.job import output_dir
+from r4ec.layout import KnowledgeRun
 
 
 def mart_source(settings: Settings, mart: str) -> FileSource:
-    return FileSource(name=mart, path=str(settings.marts_dir / f"{mart}.parquet"), timestamp_field="event_timestamp")
+    return FileSource(name=mart, path=str(layout.mart_path(settings, mart)), timestamp_field="event_timestamp")
 
 
-def vectors_path(settings: Settings, entity: str, strategy: str) -> Path:
-    run = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"strategy": strategy})})
-    return vectors_dir(output_dir(run, entity))
-
-
-def knowledge_source(settings: Settings, entity: str, strategy: str) -> FileSource:
-    """All vector parts of a run; `vector` is renamed so that user and item vectors can share a feature service."""
+def knowledge_source(settings: Settings, entity: str, run: KnowledgeRun) -> FileSource:
+    """All vector parts of a run; `vector` and `quality` are renamed so that user and item vectors can share a
+    feature service."""
     return FileSource(
-        name=f"{entity}_knowledge_{strategy}",
-        path=str(vectors_path(settings, entity, strategy) / "*.parquet"),
+        name=f"{entity}_knowledge_{run.service}",
+        path=str(layout.vectors_dir(settings, entity, run) / "part-*.parquet"),
         timestamp_field="event_timestamp",
-        field_mapping={"vector": f"{entity}_knowledge_vector"},
+        field_mapping={"vector": f"{entity}_knowledge_vector", "quality": f"{entity}_knowledge_quality"},
     )

@@ -9,7 +9,8 @@ from feast.types import Array, Float32, Float64, Int32, Int64, String
 
 from r4ec.config import Settings
 from r4ec.features.repo.entities import ITEM, USER
-from r4ec.features.repo.sources import knowledge_source, mart_source, vectors_path
+from r4ec.features.repo.sources import knowledge_source, mart_source
+from r4ec.layout import knowledge_runs
 
 FOREVER = timedelta(0)
 
@@ -37,16 +38,20 @@ def profile_views(settings: Settings) -> dict[str, FeatureView]:
 
 
 def knowledge_views(settings: Settings) -> dict[str, FeatureView]:
-    """One view per entity and encoded knowledge run (strategy); runs not encoded yet are left out."""
+    """Two views (user, item) per knowledge run whose vectors are complete on disk: full runs and samples alike,
+    each under its own name (`user_knowledge_iterative`, `user_knowledge_iterative_sample20`)."""
     views = {}
-    for strategy in settings.features.knowledge_strategies:
+    for run in knowledge_runs(settings):
         for entity, key in (("user", USER), ("item", ITEM)):
-            if not any(vectors_path(settings, entity, strategy).glob("part-*.parquet")):
-                continue
             view = FeatureView(
-                name=f"{entity}_knowledge_{strategy}", entities=[key], ttl=FOREVER,
-                source=knowledge_source(settings, entity, strategy),
-                schema=[Field(name=f"{entity}_knowledge_vector", dtype=Array(Float32))],
+                name=f"{entity}_knowledge_{run.service}", entities=[key], ttl=FOREVER,
+                source=knowledge_source(settings, entity, run),
+                schema=[Field(name=f"{entity}_knowledge_vector", dtype=Array(Float32),
+                              description=f"The {entity}'s knowledge text encoded by the run's sentence encoder "
+                                          "(L2-normalised; 384-d for all-MiniLM-L6-v2)."),
+                        Field(name=f"{entity}_knowledge_quality", dtype=String,
+                              description="parsed, or fallback: a raw reply or unjudged answers stand in.")],
+                tags={"knowledge_run": run.folder},
             )  # fmt: skip
             views[view.name] = view
     return views

@@ -1,0 +1,34 @@
+"""What a knowledge run was built from, read from its files: the record a training run keeps of its knowledge."""
+
+from __future__ import annotations
+
+import json
+
+from r4ec import fingerprint, layout
+from r4ec.config import Settings
+from r4ec.layout import KnowledgeRun
+
+# the manifest entries that say which knowledge this is (the rest: how it was cut into parts)
+IDENTITY = ("strategy", "rounds", "samples", "limit", "model", "dtype", "actor_adapter", "reflector_adapter",
+            "prompt_version", "max_new_tokens", "sampling_temperature", "inputs", "protocol")  # fmt: skip
+
+
+def describe(settings: Settings, run: KnowledgeRun) -> dict:
+    """The run's name and, per entity, its identity and its vectors' (encoder, rows); `digest` hashes it all."""
+    about: dict = {"name": run.folder, "strategy": run.strategy, "limit": run.limit}
+    for entity in layout.ENTITIES:
+        manifest = json.loads((layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).read_text())
+        vectors = json.loads((layout.vectors_dir(settings, entity, run) / layout.COMPLETE).read_text())
+        about[entity] = {**{key: manifest.get(key) for key in IDENTITY}, "encoder": vectors["encoder"],
+                         "vectors": fingerprint.of_json(vectors["parts"]), "rows": vectors["rows"]}  # fmt: skip
+    about["digest"] = fingerprint.of_json(about)
+    return about
+
+
+def label(about: dict) -> str:
+    """One line for a table: `iterative-sample20 · smollm2-135m-instruct@1a2b3c4d5e6f · prompts v2 · 3f9e...`."""
+    user = about["user"]
+    model = user["model"].split("@")[0] + (f"@{fingerprint.short(user['model'].split('@')[1])}" if "@" in user["model"] else "")
+    adapters = "".join(f" + {role} {fingerprint.short(user[role].split('@')[-1])}"
+                       for role in ("actor_adapter", "reflector_adapter") if user.get(role))  # fmt: skip
+    return f"{about['name']} · {model}{adapters} · prompts {user['prompt_version']} · {fingerprint.short(about['digest'])}"

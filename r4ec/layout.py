@@ -1,0 +1,100 @@
+"""Where every stage's outputs live, and the one naming rule for knowledge runs and samples.
+
+Pure functions of the settings, with no heavy imports: every stage, door (CLI, Spark job, Feast repo, DAG) and test
+asks here instead of assembling another stage's folder names.
+
+    DATA_DIR/marts/DATASET/<mart>.parquet                          dbt marts
+    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge/           knowledge parts of a run (+ _manifest.json)
+    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge_vectors/   their vectors, one part per knowledge part
+    DATA_DIR/training/DATASET/<service>.parquet                    point-in-time training sets from Feast
+    DATA_DIR/models/artifacts/DATASET/<training run>/              trained CTR models
+
+A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
+(`iterative-sample20`); its Feast service is the same name with an underscore (`iterative_sample20`), so a sampled
+run can never be read as the full one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from r4ec.config import Settings
+
+ENTITIES = ("user", "item")
+BASE_SERVICE = "base"
+MANIFEST = "_manifest.json"  # what a knowledge folder was built from
+COMPLETE = "_COMPLETE.json"  # written last by the encode step: every knowledge part has its vectors, nothing else
+_RUN = re.compile(r"^(?P<strategy>[a-z]+)(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
+
+
+@dataclass(frozen=True)
+class KnowledgeRun:
+    """A strategy on all entities (limit None) or on a seeded sample of `limit` users and `limit` items."""
+
+    strategy: str
+    limit: int | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> KnowledgeRun:
+        return cls(settings.knowledge.strategy, settings.knowledge.limit)
+
+    @classmethod
+    def parse(cls, name: str) -> KnowledgeRun | None:
+        """From a folder (`iterative-sample20`) or service (`iterative_sample20`) name; None if it is neither."""
+        match = _RUN.match(name)
+        if match is None:
+            return None
+        return cls(match["strategy"], int(match["limit"]) if match["limit"] else None)
+
+    @property
+    def folder(self) -> str:
+        return self.strategy if self.limit is None else f"{self.strategy}-sample{self.limit}"
+
+    @property
+    def service(self) -> str:
+        """The Feast feature service (and view suffix) of this run: Feast names take no hyphen."""
+        return self.folder.replace("-", "_")
+
+
+def knowledge_run_dir(settings: Settings, run: KnowledgeRun | None = None) -> Path:
+    return settings.knowledge_dir / (run or KnowledgeRun.of(settings)).folder
+
+
+def knowledge_dir(settings: Settings, entity: str, run: KnowledgeRun | None = None) -> Path:
+    """The knowledge parts of the settings' run (or of `run`)."""
+    return knowledge_run_dir(settings, run) / f"{entity}_knowledge"
+
+
+def vectors_dir(settings: Settings, entity: str, run: KnowledgeRun | None = None) -> Path:
+    return knowledge_run_dir(settings, run) / f"{entity}_knowledge_vectors"
+
+
+def knowledge_runs(settings: Settings) -> list[KnowledgeRun]:
+    """Every run folder of the dataset whose user and item vectors are both complete (encoded to the last part)."""
+    if not settings.knowledge_dir.is_dir():
+        return []
+    runs = [KnowledgeRun.parse(p.name) for p in sorted(settings.knowledge_dir.iterdir()) if p.is_dir()]
+    return [r for r in runs if r and all((vectors_dir(settings, e, r) / COMPLETE).is_file() for e in ENTITIES)]
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def mart_path(settings: Settings, mart: str) -> Path:
+    return settings.marts_dir / f"{mart}.parquet"
+
+
+def prompt_inputs_path(settings: Settings, entity: str) -> Path:
+    return mart_path(settings, f"{entity}_prompt_inputs")
+
+
+def training_set_path(settings: Settings, service: str) -> Path:
+    """One file per feature service; a sampled run's service name already says so."""
+    return settings.training_dir / f"{service}.parquet"
+
+
+def vector_cache_path(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "cache" / "vectors.sqlite"

@@ -139,14 +139,14 @@ def cmd_features_apply(args: argparse.Namespace) -> None:
 def cmd_features_env(args: argparse.Namespace) -> None:
     """The feast CLI in feature_repo/ must talk to the stores r4ec talks to: every value comes from the same
     repo_config (online store type and its path or connection, offline store, registry, project)."""
-    from r4ec.features.store import repo_config
+    from r4ec.features.store import FeaturesError, repo_config
 
     settings = _settings(args)
     config = repo_config(settings)  # also creates the feast folder, which Feast's file registry wants
     online = dict(config.online_config)
     online_type = online.pop("type")
     if len(online) != 1:
-        raise SystemExit(f"r4ec: error: feature_repo/feature_store.yaml takes one online store setting, not {online}")
+        raise FeaturesError(f"feature_repo/feature_store.yaml takes one online store setting, not {sorted(online)}")
     ((online_key, online_value),) = online.items()
     print(_exports({
         **_settings_exports(settings),

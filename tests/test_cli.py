@@ -1,7 +1,15 @@
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
 from r4ec.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_command_explains_itself(capsys):
@@ -49,24 +57,75 @@ def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tin
         assert f"{entity}_knowledge: 3 entities in 1 parts at {folder}" in out
         assert pq.read_table(folder).num_rows == 3
         assert pq.read_table(folder.with_name(f"{entity}_knowledge_vectors")).num_rows == 3
-    training = tmp_path / "training" / "ml-100k" / "iterative-sample3.parquet"
-    assert f"feast: services base, iterative; training set of 89,627 samples at {training}" in out
+    training = tmp_path / "training" / "ml-100k" / "iterative_sample3.parquet"
+    assert f"feast: services base, iterative_sample3; training set of 89,627 samples at {training}" in out
     assert pq.read_metadata(training).num_rows == 89_627
     table = tmp_path / "reports" / "ml-100k" / "table2.md"
     assert "ranking: test AUC lr none: 0.7" in out and f"Table 2 of all 3 finished runs at {table}" in out
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[:3] for row in rows[1:]] == [
-        ["| LR", "Base", "1"], ["| DIN", "Base", "1"], ["| ", "iterative (R4ec), sample 3", "1"]
+        ["| LR", "Base", "1"], ["| DIN", "Base", "1"], ["| ", "iterative (R4ec), sample 3 [k1]", "1"]
     ]
+    assert "- [k1] iterative-sample3 · tiny-llama" in table.read_text()
+    # the full run's command after the demo: the sample is never taken for it
+    full = ["train", "--data-dir", str(tmp_path), "--knowledge", "iterative", "--seeds", "1", "--epochs", "1"]
+    assert main(full) == 2
+    assert "feature service 'iterative' is not registered (registered: base, iterative_sample3)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("job, says", [("generate_knowledge.py", "Generate user or item knowledge"),
                                        ("encode_knowledge.py", "Encode the knowledge of a run")])  # fmt: skip
 def test_spark_entry_points_are_the_cli_stages(job, says):
-    import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "spark_jobs" / job
+    script = REPO / "spark_jobs" / job
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and says in " ".join(done.stdout.split())
+
+
+def _bash(command: str, data_dir, **env: str):
+    """`command` as a user types it in the repository root, with .venv/bin first on PATH."""
+    path = f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    full_env = {**os.environ, "PATH": path, "R4EC_DATA_DIR": str(data_dir), **env}
+    return subprocess.run(["bash", "-c", command], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.integration
+def test_spark_submit_chooses_the_master_over_the_setting(ml1m, tiny_model, tmp_path):
+    """spark-submit sets spark.master before our code runs; a .master() in the session builder used to override it."""
+    shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
+    knowledge = {"MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8", "SPARK_MASTER": "local[2]"}
+    done = _bash(
+        "spark-submit --master local[1] spark_jobs/generate_knowledge.py --dataset ml-1m --entity user --limit 2",
+        tmp_path, **{f"R4EC_KNOWLEDGE__{k}": v for k, v in knowledge.items()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "spark master: local[1] (chosen by spark-submit)" in done.stdout  # spark-submit merges Python's stderr
+    part = tmp_path / "knowledge" / "ml-1m" / "iterative-sample2" / "user_knowledge" / "part-00000.parquet"
+    assert pq.read_metadata(part).num_rows == 2
+
+
+@pytest.mark.integration
+def test_the_feast_cli_uses_the_online_store_r4ec_uses(ml1m, tmp_path, redis_server):
+    """feature_store.yaml used to name SQLite whatever R4EC_FEATURES__ONLINE_STORE said."""
+    import redis
+
+    feast = 'eval "$(.venv/bin/r4ec features env --dataset ml-1m)" && cd feature_repo && feast apply'
+    client = redis.Redis.from_url(f"redis://{redis_server}")
+    for store in ("redis", "sqlite"):
+        shutil.copytree(ml1m.marts_dir, tmp_path / store / "marts" / "ml-1m")
+    keys = client.dbsize()
+    done = _bash(
+        f"{feast} && feast materialize 1990-01-01T00:00:00 2030-01-01T00:00:00", tmp_path / "redis",
+        R4EC_FEATURES__ONLINE_STORE="redis", R4EC_FEATURES__REDIS_CONNECTION=redis_server,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "into the redis online store" in re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)  # feast's colours
+    assert client.dbsize() > keys  # the rows really are in Redis
+    assert not (tmp_path / "redis" / "feast" / "ml-1m" / "online.db").exists()
+
+    keys = client.dbsize()
+    done = _bash(feast, tmp_path / "sqlite")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Created sqlite table r4ec_ml_1m_user_profile" in done.stdout
+    assert (tmp_path / "sqlite" / "feast" / "ml-1m" / "online.db").is_file() and client.dbsize() == keys

@@ -7,12 +7,14 @@ import os
 import shutil
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from r4ec.cli import BACKBONE_NAMES, main
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
+from r4ec.features.store import training_set_stamp
 from tests.sample_files import write_vectors
 
 pytestmark = pytest.mark.integration
@@ -73,10 +75,22 @@ def test_train_saves_runs_skips_finished_ones_and_rebuilds_stale_training_sets(d
     assert json.loads((artifacts / "din-none-mlp-seed1" / "config.json").read_text())["learning_rate"] == 0.01
 
     samples = data_dir / "marts" / "ml-100k" / "ctr_samples.parquet"
-    os.utime(samples, ns=(built + 10**9, built + 10**9))  # the marts were rebuilt after the training set
-    assert main(["train", "--data-dir", str(data_dir), "--backbone", "lr", "--seeds", "3", "--epochs", "1"]) == 0
+    os.utime(samples, ns=(built + 10**9, built + 10**9))  # touched, not changed: modification times decide nothing
+    lr_again = ["train", "--data-dir", str(data_dir), "--backbone", "lr", "--seeds", "1", "--epochs", "2"]
+    assert main(lr_again) == 0
+    assert base_set.stat().st_mtime_ns == built
+    assert (artifacts / "lr-none-mlp-seed1" / "model.pt").stat().st_mtime_ns == weights["lr-none-mlp-seed1"]
+    # the marts rebuilt with other content (one label): the training set is rebuilt and the finished run retrained
+    table = pq.read_table(samples)
+    labels = table.column("label").to_pylist()
+    write_parquet(table.set_column(table.schema.get_field_index("label"), "label",
+                                   pa.array([1 - labels[0], *labels[1:]], table.schema.field("label").type)), samples)  # fmt: skip
+    os.utime(samples, ns=(built - 10**9, built - 10**9))  # older than the training set: only content can tell
+    assert main(lr_again) == 0
     assert base_set.stat().st_mtime_ns > built
-    assert (artifacts / "lr-none-mlp-seed3" / "metrics.json").is_file()
+    assert (artifacts / "lr-none-mlp-seed1" / "model.pt").stat().st_mtime_ns > weights["lr-none-mlp-seed1"]
+    saved = json.loads((artifacts / "lr-none-mlp-seed1" / "config.json").read_text())
+    assert saved["training_set_fingerprint"] == training_set_stamp(base_set)
 
 
 def test_report_builds_table_2_from_the_finished_runs(data_dir, capsys):
@@ -90,7 +104,9 @@ def test_report_builds_table_2_from_the_finished_runs(data_dir, capsys):
     assert table.strip() in out
     lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert lines[0].startswith("| LR | Base |")
-    assert lines[1].startswith("| DIN | Base | 2 |") and lines[2].startswith("|  | single (KAR/R2ec) | 2 |")
+    assert lines[1].startswith("| DIN | Base | 2 |") and lines[2].startswith("|  | single (KAR/R2ec) [k1] | 2 |")
+    # the knowledge run is named: strategy, model, prompt version, how much of the test split it reached
+    assert "- [k1] single · test-model · prompts test-prompts · " in table and "samples with knowledge (parsed + fallback): user train " in table
     assert (reports / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,3 +132,24 @@ def test_knowledge_from_a_sampled_run_is_trained_and_named_as_such(data_dir):
     assert config["knowledge_limit"] == 5 and config["training_set"].endswith("training/ml-100k/single_sample5.parquet")
     vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
     assert 0 < vectors.null_count < len(vectors)  # only the 5 sampled users have knowledge
+    assert config["knowledge_run"]["name"] == "single-sample5" and config["knowledge_run"]["limit"] == 5
+    shares = config["knowledge_run"]["quality_shares"]["train"]["user"]
+    assert 0 < shares["missing"] < 1 and shares["parsed"] == pytest.approx(1 - shares["missing"])
+
+
+def test_training_before_the_marts_exist_is_a_one_line_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    assert main(["train", "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    samples = empty.resolve() / "marts" / "ml-100k" / "ctr_samples.parquet"
+    assert err.strip().splitlines()[-1] == (
+        f"r4ec: error: no CTR samples at {samples}: run `r4ec data load` and `r4ec marts build` first"
+    )
+
+
+def test_zero_epochs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "r4ec: error: bad training configuration: epochs must be at least 1, not 0"

@@ -49,13 +49,29 @@ def test_tensors_keep_history_order_mask_and_missing_knowledge():
     assert batch.label.tolist() == [0.0] and batch.knowledge.shape == (1, 2, 2)
 
 
-def test_longer_histories_keep_the_latest():
+def test_a_history_longer_than_k_is_an_error_not_a_cut():
+    """Histories come from marts built with some K; a model with a smaller K must not see less without a word."""
     long = table([row("u1", "i1", "Drama", [(f"i{n}", "Drama") for n in range(2, 7)])])
     vocab = Vocab.fit(long)
-    tensors = to_tensors(long, vocab, history_length=2)
-    assert tensors.history[0, :, 0].tolist() == vocab.encode("item_id", pa.chunked_array([["i5", "i6"]])).tolist()
-    assert np.all(tensors.history_mask.numpy())
-    assert tensors.knowledge is None
+    with pytest.raises(RankingError, match="1 samples have histories of up to 5 items, longer than history_length 2"):
+        to_tensors(long, vocab, history_length=2)
+    tensors = to_tensors(long, vocab, history_length=5)
+    assert tensors.history[0, :, 0].tolist() == vocab.encode("item_id", pa.chunked_array([[f"i{n}" for n in range(2, 7)]])).tolist()
+    assert np.all(tensors.history_mask.numpy()) and tensors.knowledge is None
+
+
+def test_missing_values_are_padding_not_values():
+    """Books may lack a brand or a category, and no Amazon user has demographics (null; NaN once pandas had them)."""
+    rows = [{**row("u1", "i1", None, [("i2", None)]), "brand": None, "age": None, "gender": None},
+            {**row("u2", "i2", "Drama", [("i1", "Drama")]), "age": float("nan")}]  # fmt: skip
+    books = table(rows)
+    vocab = Vocab.fit(books)
+    assert None not in vocab.values["category"] and "nan" not in vocab.values["age"] and vocab.values["age"] == {}
+    tensors = to_tensors(books, vocab, history_length=2)
+    category, brand, age = (FIELDS.index(name) for name in ("category", "brand", "age"))
+    assert tensors.fields[0, [category, brand, age]].tolist() == [0, 0, 0]
+    assert tensors.fields[1, age] == 0 and tensors.fields[1, category] != 0
+    assert tensors.history[0, 0].tolist()[1:] == [0, 0]  # the history item's missing category and brand
 
 
 def test_a_split_without_knowledge_keeps_the_width_and_no_knowledge_at_all_is_an_error():

@@ -69,3 +69,23 @@ def test_logistic_regression_is_a_sum_of_field_weights():
         model.bias.fill_(0.5)
     b = batch(knowledge=False)
     assert torch.allclose(model(b), b.fields.float().sum(1) + 0.5)
+
+
+@pytest.mark.parametrize("model_class", MODELS)
+def test_missing_knowledge_is_a_learned_state_not_a_zero_vector(model_class):
+    """Defect: a missing vector was zeros with no indicator, so "no knowledge" looked like a real (odd) vector."""
+    torch.manual_seed(0)
+    model = model_class(VOCAB, len(FIELDS), knowledge_types=2, knowledge_dim=D).eval()
+    with torch.no_grad():
+        model.missing_knowledge.normal_()  # as after training
+    present = torch.tensor([[True, True], [True, False], [False, True], [False, False], [True, True]])
+    masked = batch()
+    masked.knowledge_mask = present
+    other = batch()
+    other.knowledge_mask = present
+    other.knowledge = other.knowledge + 5.0 * (~present).unsqueeze(-1)  # only where the vector is missing
+    assert torch.allclose(model(masked), model(other), atol=1e-6)  # a missing vector's values never reach the logit
+    all_there = batch()
+    all_there.knowledge_mask = torch.ones(B, 2, dtype=torch.bool)
+    differs = ~torch.isclose(model(masked), model(all_there), atol=1e-6)
+    assert differs.tolist() == (~present.all(dim=1)).tolist()  # and the missing state changes exactly those rows

@@ -143,8 +143,19 @@ def _worker_backend(settings: Settings, threads: int) -> CachedBackend:
     return _WORKER_BACKENDS[key]
 
 
-def _record(chain: Chain, entity: str, cfg: LoopConfig, model_id: str, settings: Settings) -> dict:
+def _run_columns(settings: Settings, cfg: LoopConfig, model_id: str) -> dict:
+    """The columns every row of a part shares: what made it, models and adapters by content."""
     k = settings.knowledge
+    return {
+        "strategy": cfg.strategy,
+        "model": model_id,
+        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
+        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
+        "prompt_version": PROMPT_VERSION,
+    }
+
+
+def _record(chain: Chain, entity: str) -> dict:
     return {
         f"{entity}_id": chain.inputs[f"{entity}_id"],
         "event_timestamp": chain.inputs["event_timestamp"],
@@ -157,11 +168,6 @@ def _record(chain: Chain, entity: str, cfg: LoopConfig, model_id: str, settings:
         "replies": chain.replies,
         "parse_failures": chain.parse_failures,
         "rounds_used": chain.refinements,
-        "strategy": cfg.strategy,
-        "model": model_id,
-        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
-        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
-        "prompt_version": PROMPT_VERSION,
         "tokens_in": chain.tokens_in,
         "tokens_out": chain.tokens_out,
         "llm_calls": chain.llm_calls,
@@ -181,11 +187,9 @@ def run_part(spec: dict) -> dict:
     started = time.perf_counter()
     chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg)
     seconds = time.perf_counter() - started
-    now = datetime.now(UTC)
-    records = [
-        {**_record(c, entity, cfg, backend.model_id, settings), "part": part, "part_seconds": seconds, "generated_at": now}
-        for c in chains
-    ]
+    shared = {**_run_columns(settings, cfg, backend.model_id), "part": part, "part_seconds": seconds,
+              "generated_at": datetime.now(UTC)}  # fmt: skip
+    records = [{**_record(c, entity), **shared} for c in chains]
     schema = output_schema(entity).with_metadata({STAMP: spec["stamp"].encode()})
     write_parquet(pa.Table.from_pylist(records, schema=schema), part_path(Path(spec["out_dir"]), part))
     return {"part": part, "entities": len(chains), "llm_calls": sum(c.llm_calls for c in chains), "seconds": seconds}

@@ -35,6 +35,7 @@ def summarize(rows: list[dict]) -> dict[str, object]:
         "refinements": sum(r["rounds_used"] for r in rows),
         "entities_refined": sum(r["rounds_used"] > 0 for r in rows),
         "parse_failures": dict(Counter(step for r in rows for step in r["parse_failures"])),
+        "quality": dict(Counter(r["quality"] for r in rows)),  # parsed / fallback
         "kept_per_entity": sum(len(r["kept_answers"]) for r in rows) / len(rows) if strategy == "filter" else None,
         "tokens_in": sum(r["tokens_in"] for r in rows),
         "tokens_out": sum(r["tokens_out"] for r in rows),
@@ -59,6 +60,8 @@ def _table(summary: dict) -> str:
     add("refinements made", f"{summary['refinements']:,} ({summary['entities_refined']:,} entities)")
     if summary["kept_per_entity"] is not None:
         add("answers kept per entity", f"{summary['kept_per_entity']:.2f}")
+    quality = summary["quality"]
+    add("knowledge quality", ", ".join(f"{name} {n:,}" for name, n in sorted(quality.items())))
     failures = summary["parse_failures"]
     add("parse failures", ", ".join(f"{step}: {n}" for step, n in sorted(failures.items())) or "none")
     add("tokens in / out", f"{summary['tokens_in']:,} / {summary['tokens_out']:,}")
@@ -72,7 +75,7 @@ def _chain(row: dict, entity: str) -> str:
     out = [f"### {entity} {row[f'{entity}_id']} (as of {row['event_timestamp']:%Y-%m-%d %H:%M:%S})"]
     for reply in row["replies"]:
         out.append(f"**{reply['step']}**\n\n> " + reply["reply"].replace("\n", "\n> "))
-    out.append(f"**final knowledge** ({row['rounds_used']} refinements)\n\n> {row['knowledge']}")
+    out.append(f"**final knowledge** ({row['rounds_used']} refinements, {row['quality']})\n\n> {row['knowledge']}")
     return "\n\n".join(out)
 
 

@@ -1,5 +1,9 @@
 """What every backbone shares: the embeddings, and the knowledge connector that turns knowledge vectors into
-extra dense fields of the embedding size (an extra field for field-interaction models)."""
+extra dense fields of the embedding size (an extra field for field-interaction models).
+
+A sample without a knowledge vector (the entity was not generated, or its knowledge is dated after the sample) gets
+a learned "missing" field per knowledge type instead of the connector's output for a zero vector: whether knowledge
+exists is itself a signal, and it correlates with time and split, so the model must be able to tell."""
 
 from __future__ import annotations
 
@@ -21,11 +25,17 @@ class Backbone(nn.Module):
         self.connector = (
             CONNECTORS[connector](knowledge_types, knowledge_dim, dim, dropout=dropout) if knowledge_types else None
         )
+        self.missing_knowledge = nn.Parameter(torch.zeros(knowledge_types, dim)) if knowledge_types else None  # [N, d]
         self.dim, self.dropout = dim, dropout
         self.n_fields = fields + 2 + knowledge_types  # categorical fields, pooled history items and ratings, knowledge
 
     def knowledge_fields(self, batch: Batch) -> torch.Tensor | None:
-        return None if self.connector is None else self.connector(batch.knowledge)  # [B, N, d]
+        if self.connector is None:
+            return None
+        fields = self.connector(batch.knowledge)  # [B, N, d]
+        if batch.knowledge_mask is None:
+            return fields
+        return torch.where(batch.knowledge_mask.unsqueeze(-1), fields, self.missing_knowledge)  # [B, N, d]
 
     def all_fields(self, batch: Batch) -> torch.Tensor:
         """Categorical fields, the means of the history's item and rating embeddings, and the knowledge fields:

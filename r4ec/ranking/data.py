@@ -7,6 +7,7 @@ The batch contract every backbone takes (DESIGN §6):
     history_ratings  [B, K] float
     history_mask     [B, K] bool   True where a real interaction
     knowledge        [B, N, D] float or None   N knowledge vectors (user, item), zeros where missing
+    knowledge_mask   [B, N] bool or None   True where the vector exists: a missing one is a state of its own, not zeros
     label            [B] float
 
 Indices: one id space for all fields (each field has an offset), 0 = padding / missing, and per field one index for
@@ -72,6 +73,7 @@ class Batch:
     history_mask: torch.Tensor
     knowledge: torch.Tensor | None
     label: torch.Tensor
+    knowledge_mask: torch.Tensor | None = None  # None: every vector is there
 
 
 @dataclass
@@ -83,8 +85,9 @@ class Tensors(Batch):
 
     def batch(self, index: torch.Tensor) -> Batch:
         knowledge = None if self.knowledge is None else self.knowledge[index]
+        present = None if self.knowledge_mask is None else self.knowledge_mask[index]
         return Batch(self.fields[index], self.history[index], self.history_ratings[index],
-                     self.history_mask[index], knowledge, self.label[index])  # fmt: skip
+                     self.history_mask[index], knowledge, self.label[index], present)  # fmt: skip
 
     def subset(self, index: torch.Tensor) -> Tensors:
         return Tensors(**vars(self.batch(index)))
@@ -97,8 +100,8 @@ def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.nd
     return out
 
 
-def _vectors(table: pa.Table, name: str) -> np.ndarray:
-    """list<float> column -> [rows, D] float32; a missing vector is zeros (the model sees no knowledge)."""
+def _vectors(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """list<float> column -> ([rows, D] float32, [rows] bool present); a missing vector is zeros, and not present."""
     column = table.column(name).combine_chunks()
     valid = column.is_valid().to_numpy(zero_copy_only=False)
     if not valid.any():
@@ -107,7 +110,7 @@ def _vectors(table: pa.Table, name: str) -> np.ndarray:
     width = len(flat) // max(int(valid.sum()), 1)
     out = np.zeros((len(column), width), np.float32)
     out[valid] = flat.reshape(-1, width)
-    return out
+    return out, valid
 
 
 def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tuple[str, ...] = ()) -> Tensors:
@@ -132,8 +135,12 @@ def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tu
     ratings = pc.list_flatten(table.column("history_ratings")).to_numpy(zero_copy_only=False).astype(np.float32)
     history_ratings = _padded(ratings, lengths, history_length, np.float32)
     mask = np.arange(history_length)[None, :] < np.minimum(lengths, history_length)[:, None]
-    vectors = torch.from_numpy(np.stack([_vectors(table, c) for c in knowledge], axis=1)) if knowledge else None
+    vectors = present = None
+    if knowledge:
+        found = [_vectors(table, c) for c in knowledge]
+        vectors = torch.from_numpy(np.stack([v for v, _ in found], axis=1))  # [rows, N, D]
+        present = torch.from_numpy(np.stack([p for _, p in found], axis=1))  # [rows, N]
     return Tensors(
         torch.from_numpy(fields), torch.from_numpy(history), torch.from_numpy(history_ratings), torch.from_numpy(mask),
-        vectors, torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
+        vectors, torch.from_numpy(table.column("label").to_numpy().astype(np.float32)), present,
     )  # fmt: skip

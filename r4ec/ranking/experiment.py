@@ -1,6 +1,7 @@
-"""Training runs on training sets from Feast: each feature service's set is retrieved (or reused while it is newer
-than everything it was built from), turned into tensors by `train`, and each finished run is saved under
-DATA_DIR/models/artifacts/DATASET/<run>/. A sweep that dies resumes: finished runs are skipped."""
+"""Training runs on training sets from Feast: each feature service's set is retrieved (or reused while the content
+of everything it is built from is unchanged), turned into tensors by `train`, and each finished run is saved under
+DATA_DIR/models/artifacts/DATASET/<run>/ with the fingerprint of its training set and the identity of its knowledge
+run. A sweep that dies resumes: a finished run is skipped only if it was trained on exactly this training set."""
 
 from __future__ import annotations
 
@@ -14,26 +15,54 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r4ec.config import Settings
+from r4ec.layout import ENTITIES, KnowledgeRun
 from r4ec.ranking import RankingError
-from r4ec.ranking.train import BACKBONES, TrainConfig, save, train
+from r4ec.ranking.train import BACKBONES, SPLITS, TrainConfig, save, train
 
 log = logging.getLogger(__name__)
 
 
-def training_table(settings: Settings, service: str, rebuild: bool = False) -> tuple[pa.Table, Path]:
-    """The point-in-time training set of every CTR sample from `service`, rebuilt through Feast when it is missing
-    or older than the CTR samples or any source file of the service's views."""
-    from r4ec.features.store import service_sources, training_set_path, write_training_set
+def training_table(settings: Settings, service: str, stamp: str) -> tuple[pa.Table, Path]:
+    """The point-in-time training set of every CTR sample from `service`: reused while it carries `stamp` (the
+    fingerprint of the CTR samples and every source file of the service's views), else rebuilt through Feast."""
+    from r4ec.features.store import training_set_stamp, write_training_set
+    from r4ec.layout import training_set_path
 
     path = training_set_path(settings, service)
-    sources = service_sources(settings, service)
-    newest = max(source.stat().st_mtime_ns for source in sources)
-    if rebuild or not path.exists() or path.stat().st_mtime_ns < newest:
-        log.info("training set '%s': retrieving from Feast (%d source files)", service, len(sources))
-        write_training_set(settings, service, path)
+    found = training_set_stamp(path)
+    if found == stamp:
+        log.info("training set '%s': %s was built from exactly these inputs, reused", service, path)
     else:
-        log.info("training set '%s': %s is newer than its %d source files, reused", service, path, len(sources))
+        why = "not built yet" if found is None and not path.exists() else "its inputs changed"
+        log.info("training set '%s': retrieving from Feast (%s)", service, why)
+        write_training_set(settings, service, path)
     return pq.read_table(path), path
+
+
+def quality_shares(table: pa.Table) -> dict[str, dict[str, dict[str, float]]]:
+    """split -> entity -> share of samples whose knowledge is parsed / fallback / missing (no vector as of then)."""
+    import pyarrow.compute as pc
+
+    shares: dict[str, dict[str, dict[str, float]]] = {}
+    for name in SPLITS:
+        rows = table.filter(pc.equal(table.column("split"), name))
+        for entity in ENTITIES:
+            column = f"{entity}_knowledge_quality"
+            if column not in rows.column_names or not rows.num_rows:
+                continue
+            values = rows.column(column).fill_null("missing").to_pylist()
+            counts = {kind: values.count(kind) / len(values) for kind in ("parsed", "fallback", "missing")}
+            shares.setdefault(name, {})[entity] = counts
+    return shares
+
+
+def knowledge_run(settings: Settings, config: TrainConfig, table: pa.Table) -> dict | None:
+    """What the run's knowledge was built from (r4ec.knowledge.runs.describe) and how much of each split it reached."""
+    from r4ec.knowledge.runs import describe
+
+    if config.knowledge == "none":
+        return None
+    return {**describe(settings, KnowledgeRun(config.knowledge, config.knowledge_limit)), "quality_shares": quality_shares(table)}
 
 
 def train_configs(
@@ -81,12 +110,17 @@ def check_history_length(settings: Settings, configs: Iterable[TrainConfig]) -> 
             )
 
 
-def is_done(run: Path, config: TrainConfig) -> bool:
-    """A finished run (metrics written) of exactly this configuration."""
+def is_done(run: Path, config: TrainConfig, stamp: str) -> bool:
+    """A finished run (metrics written) of exactly this configuration, on the training set with this fingerprint."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
     saved = json.loads((run / "config.json").read_text())
-    return all(saved.get(key) == value for key, value in {**asdict(config), "learning_rate": config.lr}.items())
+    if not all(saved.get(key) == value for key, value in {**asdict(config), "learning_rate": config.lr}.items()):
+        return False
+    if saved.get("training_set_fingerprint") != stamp:
+        log.warning("%s: trained on a training set built from other inputs: training it again", run.name)
+        return False
+    return True
 
 
 def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrite: bool = False) -> list[Path]:
@@ -94,17 +128,24 @@ def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrit
     out = settings.artifacts_dir
     configs = list(configs)
     check_history_length(settings, configs)
-    pending = [c for c in configs if overwrite or not is_done(out / c.run_name, c)]
-    pending.sort(key=lambda c: (c.service, c.knowledge_limit or 0))  # stable: one training set after another
+    from r4ec.features.store import service_fingerprint, service_sources
+
+    for service in dict.fromkeys(c.service for c in configs):
+        service_sources(settings, service)  # a one-line error for a service that is not registered
+    stamps = {service: service_fingerprint(settings, service) for service in dict.fromkeys(c.service for c in configs)}
+    pending = [c for c in configs if overwrite or not is_done(out / c.run_name, c, stamps[c.service])]
+    pending.sort(key=lambda c: c.service)  # stable: one training set after another
     if len(pending) < len(configs):
         log.info("%d of %d runs already trained, skipped (--overwrite retrains them)", len(configs) - len(pending), len(configs))
     loaded = None  # the service whose training set is in memory: one at a time
     for n, config in enumerate(pending, start=1):
         if config.service != loaded:
-            (table, path), loaded = training_table(settings, config.service), config.service
+            (table, path), loaded = training_table(settings, config.service, stamps[config.service]), config.service
+            knowledge = knowledge_run(settings, config, table)
         log.info("run %d/%d: %s on training set '%s'", n, len(pending), config.run_name, config.service)
         model, result = train(table, config)
-        run = save(model, result, out, dataset=settings.dataset, training_set=str(path), training_rows=table.num_rows)
+        run = save(model, result, out, dataset=settings.dataset, training_set=str(path), training_rows=table.num_rows,
+                   training_set_fingerprint=stamps[config.service], knowledge_run=knowledge)  # fmt: skip
         log.info("%s: best epoch %d, test auc %.4f, logloss %.4f -> %s", config.run_name, result.best_epoch,
                  result.test["auc"], result.test["logloss"], run)  # fmt: skip
     return [out / c.run_name for c in configs]

@@ -1,6 +1,8 @@
 """The paper's Table 2 on our data: test AUC and LogLoss per backbone x knowledge, mean ± std over seeds, and the
 relative improvement over the same backbone's Base. Logistic regression on the one-hot fields is the first row:
-the floor every backbone's Base must beat."""
+the floor every backbone's Base must beat. Runs are grouped by the knowledge run they trained on (by content), and
+the table names each: the strategy, the sample, the model and adapters by hash, the prompt version, and how much of
+each split had knowledge."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Row:
     knowledge: str
     limit: int | None  # knowledge generated for a sample of this many users and items
     connector: str
+    knowledge_run: dict | None = None  # r4ec.knowledge.runs.describe() of the run trained on; None for Base
     seeds: list[int] = field(default_factory=list)
     auc: list[float] = field(default_factory=list)
     logloss: list[float] = field(default_factory=list)
@@ -53,16 +56,18 @@ def collect(artifacts: Path) -> list[Row]:
         test = json.loads(metrics_file.read_text())["test"]
         connector = "mlp" if config["backbone"] == "lr" else config["connector"]
         limit = config.get("knowledge_limit") if config["knowledge"] != "none" else None
-        key = (config["backbone"], config["knowledge"], limit, connector)
-        row = rows.setdefault(key, Row(*key))
+        run = config.get("knowledge_run")
+        key = (config["backbone"], config["knowledge"], limit, connector, run["digest"] if run else None)
+        row = rows.setdefault(key, Row(*key[:4], knowledge_run=run))
         row.seeds.append(config["seed"])
         row.auc.append(test["auc"])
         row.logloss.append(test["logloss"])
     order = list(BACKBONES)
     return sorted(
         rows.values(),
-        key=lambda r: (order.index(r.backbone), KNOWLEDGE.index(r.knowledge), r.limit or 0, r.connector != "mlp", r.connector),
-    )
+        key=lambda r: (order.index(r.backbone), KNOWLEDGE.index(r.knowledge), r.limit or 0, r.connector != "mlp",
+                       r.connector, r.knowledge_run["digest"] if r.knowledge_run else ""),
+    )  # fmt: skip
 
 
 def base_of(rows: list[Row], row: Row) -> Row | None:
@@ -77,7 +82,19 @@ def below_floor(rows: list[Row]) -> list[str]:
     return [r.backbone for r in rows if r.backbone != "lr" and r.knowledge == "none" and r.mean("auc") <= floor.mean("auc")]
 
 
+def knowledge_runs(rows: list[Row]) -> dict[str, tuple[str, dict]]:
+    """digest -> (table mark k1, k2, ..., description), in the table's order."""
+    found: dict[str, tuple[str, dict]] = {}
+    for row in rows:
+        if row.knowledge_run and row.knowledge_run["digest"] not in found:
+            found[row.knowledge_run["digest"]] = (f"k{len(found) + 1}", row.knowledge_run)
+    return found
+
+
 def markdown(rows: list[Row], title: str) -> str:
+    from r4ec.knowledge.runs import label
+
+    runs = knowledge_runs(rows)
     lines = [
         f"### {title}",
         "",
@@ -93,11 +110,30 @@ def markdown(rows: list[Row], title: str) -> str:
             ll_gain = f"{(base.mean('logloss') - row.mean('logloss')) / base.mean('logloss'):+.2%}"
         name = NAMES.get(row.backbone, row.backbone) if row.backbone != previous else ""
         previous = row.backbone
-        lines.append(f"| {name} | {row.label} | {len(row.seeds)} | {row.spread('auc')} | {auc_gain} | "
+        mark = f" [{runs[row.knowledge_run['digest']][0]}]" if row.knowledge_run else ""
+        lines.append(f"| {name} | {row.label}{mark} | {len(row.seeds)} | {row.spread('auc')} | {auc_gain} | "
                      f"{row.spread('logloss')} | {ll_gain} |")  # fmt: skip
     lines += ["", "Test split; mean ± sample standard deviation over seeds. Rel. impr. against the same backbone's "
               "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base."]  # fmt: skip
+    if runs:
+        lines += ["", "Knowledge runs (strategy and sample · model · prompts · content hash):", ""]
+        lines += [f"- [{mark}] {label(about)}{coverage(about)}" for mark, about in runs.values()]
     return "\n".join(lines)
+
+
+def coverage(about: dict) -> str:
+    """`; samples with knowledge (parsed + fallback): user train 100% (97 + 3), valid ..., test ...; item ...`: the
+    shares the training run saw, per split. Missing knowledge correlates with time, so it differs between splits."""
+    shares = about.get("quality_shares") or {}
+    entities: dict[str, list[str]] = {}
+    for split, by_entity in shares.items():
+        for entity, s in by_entity.items():
+            entities.setdefault(entity, []).append(
+                f"{split} {1 - s['missing']:.0%} ({s['parsed']:.0%} + {s['fallback']:.0%})"
+            )
+    if not entities:
+        return ""
+    return "; samples with knowledge (parsed + fallback): " + "; ".join(f"{e} {', '.join(p)}" for e, p in entities.items())
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:

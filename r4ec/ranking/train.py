@@ -20,6 +20,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from r4ec.config import Settings
+from r4ec.layout import BASE_SERVICE, KnowledgeRun
 from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
 from r4ec.ranking.connectors import CONNECTORS
@@ -72,7 +73,8 @@ class TrainConfig:
                                        ("connector", self.connector, CONNECTORS))
             if value not in known
         ]  # fmt: skip
-        at_least_one = {name: getattr(self, name) for name in ("epochs", "patience", "batch_size", "dim", "history_length")}
+        positive = ("epochs", "patience", "batch_size", "dim", "history_length")
+        at_least_one = {name: getattr(self, name) for name in positive}
         if self.knowledge_limit is not None:
             at_least_one["knowledge_limit"] = self.knowledge_limit
         problems += [f"{name} must be at least 1, not {value}" for name, value in at_least_one.items() if value < 1]
@@ -85,7 +87,8 @@ class TrainConfig:
 
     @property
     def service(self) -> str:
-        return "base" if self.knowledge == "none" else self.knowledge
+        """The Feast service, named by r4ec.layout's one rule: a sampled knowledge run's says so (single_sample20)."""
+        return BASE_SERVICE if self.knowledge == "none" else KnowledgeRun(self.knowledge, self.knowledge_limit).service
 
     @property
     def lr(self) -> float:
@@ -93,8 +96,9 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        sample = f"-sample{self.knowledge_limit}" if self.knowledge_limit and self.knowledge != "none" else ""
-        return f"{self.backbone}-{self.knowledge}{sample}-{self.connector}-seed{self.seed}"
+        """BACKBONE-KNOWLEDGE-CONNECTOR-seedS, the knowledge run named by r4ec.layout (din-single-sample20-mlp-seed1)."""
+        knowledge = "none" if self.knowledge == "none" else KnowledgeRun(self.knowledge, self.knowledge_limit).folder
+        return f"{self.backbone}-{knowledge}-{self.connector}-seed{self.seed}"
 
 
 @dataclass

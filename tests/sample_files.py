@@ -101,3 +101,19 @@ def write_vectors(settings: Settings, entity: str, strategy: str, part: int, row
     layout.knowledge_dir(settings, entity, run).mkdir(parents=True, exist_ok=True)
     (layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).write_text(json.dumps(manifest))
     mark_complete(target, entity, "test")
+
+
+def marts_of_first_users(source: Settings, target: Settings, users: int):
+    """`source`'s marts copied to `target`'s data dir with the CTR samples of the first `users` users only (so a
+    training sweep stays quick); returns those samples as a DataFrame."""
+    import shutil
+
+    import duckdb
+
+    shutil.copytree(source.marts_dir, target.marts_dir)
+    samples = target.marts_dir / "ctr_samples.parquet"
+    cut = duckdb.sql(f"from read_parquet('{samples}') where user_id in (select distinct user_id from "
+                     f"read_parquet('{samples}') order by user_id limit {users})")  # fmt: skip
+    frame = cut.df()
+    write_parquet(cut.to_arrow_table(), samples)
+    return frame

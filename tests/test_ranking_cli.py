@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +13,7 @@ from r4ec.cli import BACKBONE_NAMES, main
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.features.store import training_set_stamp
-from tests.sample_files import write_vectors
+from tests.sample_files import marts_of_first_users, write_vectors
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +24,7 @@ def data_dir(ml100k, tmp_path_factory):
     item (random, dated at each one's first sample) and the feature services registered."""
     root = tmp_path_factory.mktemp("train-cli")
     settings = Settings(data_dir=root)
-    shutil.copytree(ml100k.marts_dir, settings.marts_dir)
-    samples = settings.marts_dir / "ctr_samples.parquet"
-    cut = duckdb.sql(f"from read_parquet('{samples}') where user_id in "
-                     f"(select distinct user_id from read_parquet('{samples}') order by user_id limit 200)")  # fmt: skip
-    frame = cut.df()
-    write_parquet(cut.to_arrow_table(), samples)
+    frame = marts_of_first_users(ml100k, settings, 200)
     for entity in ("user", "item"):
         first = frame.groupby(f"{entity}_id").event_timestamp.min()
         rows = [(key, when, fill) for fill, (key, when) in enumerate(first.items())]

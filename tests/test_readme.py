@@ -16,12 +16,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from r4ec.config import Settings
-from r4ec.data.tables import write_parquet
-from tests.sample_files import write_vectors
+from tests.sample_files import marts_of_first_users, write_vectors
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -97,12 +95,7 @@ def ranking_dir(ml100k, tmp_path_factory) -> Path:
     (random vectors dated at each user's and item's first sample), as the README's training sweep presupposes."""
     root = tmp_path_factory.mktemp("readme-ranking")
     settings = Settings(data_dir=root)
-    shutil.copytree(ml100k.marts_dir, settings.marts_dir)
-    samples = settings.marts_dir / "ctr_samples.parquet"
-    cut = duckdb.sql(f"from read_parquet('{samples}') where user_id in (select distinct user_id from "
-                     f"read_parquet('{samples}') order by user_id limit {RANKING_USERS})")  # fmt: skip
-    frame = cut.df()
-    write_parquet(cut.to_arrow_table(), samples)
+    frame = marts_of_first_users(ml100k, settings, RANKING_USERS)
     for strategy in ("single", "iterative"):
         for entity in ("user", "item"):
             first = frame.groupby(f"{entity}_id").event_timestamp.min()

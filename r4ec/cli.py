@@ -75,21 +75,10 @@ def _settings_exports(settings: Settings) -> dict[str, object]:
 
 def cmd_marts_env(args: argparse.Namespace) -> None:
     """A hand-run dbt in dbt/ gets exactly what `r4ec marts build` passes it, resolved here (not from dbt/)."""
-    from r4ec.marts import dbt_args
+    from r4ec.marts import hand_run_env
 
     settings = _settings(args)
-    given = dbt_args(settings, "build")
-    option = {name: given[given.index(name) + 1] for name in ("--target-path", "--log-path", "--vars")}
-    for path in (settings.warehouse_path.parent, settings.marts_dir):
-        path.mkdir(parents=True, exist_ok=True)
-    print(_exports({
-        **_settings_exports(settings),
-        "R4EC_WAREHOUSE_PATH": settings.warehouse_path,
-        "R4EC_DBT_THREADS": settings.dbt_threads,
-        "DBT_TARGET_PATH": option["--target-path"],
-        "DBT_LOG_PATH": option["--log-path"],
-        "R4EC_DBT_VARS": option["--vars"],
-    }))  # fmt: skip
+    print(_exports({**_settings_exports(settings), **hand_run_env(settings)}))
 
 
 def cmd_knowledge_generate(args: argparse.Namespace) -> None:
@@ -137,27 +126,10 @@ def cmd_features_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_features_env(args: argparse.Namespace) -> None:
-    """The feast CLI in feature_repo/ must talk to the stores r4ec talks to: every value comes from the same
-    repo_config (online store type and its path or connection, offline store, registry, project)."""
-    from r4ec.features.store import FeaturesError, repo_config
+    from r4ec.features.store import feast_cli_env
 
     settings = _settings(args)
-    config = repo_config(settings)  # also creates the feast folder, which Feast's file registry wants
-    online = dict(config.online_config)
-    online_type = online.pop("type")
-    if len(online) != 1:
-        raise FeaturesError(f"feature_repo/feature_store.yaml takes one online store setting, not {sorted(online)}")
-    ((online_key, online_value),) = online.items()
-    print(_exports({
-        **_settings_exports(settings),
-        "R4EC_FEAST_PROJECT": config.project,
-        "R4EC_FEAST_REGISTRY": config.registry.path,
-        "R4EC_FEAST_OFFLINE_STORE": config.offline_config["type"],
-        "R4EC_FEAST_ONLINE_STORE": online_type,
-        "R4EC_FEAST_ONLINE_KEY": online_key,
-        "R4EC_FEAST_ONLINE_VALUE": online_value,
-        "R4EC_FEAST_ENTITY_KEY_VERSION": config.entity_key_serialization_version,
-    }))  # fmt: skip
+    print(_exports({**_settings_exports(settings), **feast_cli_env(settings)}))
 
 
 def cmd_features_materialize(args: argparse.Namespace) -> None:

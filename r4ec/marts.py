@@ -52,6 +52,22 @@ def dbt_args(settings: Settings, command: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def hand_run_env(settings: Settings) -> dict[str, object]:
+    """The variables a hand-run `dbt build` in dbt/ needs to do what `r4ec marts build` does (for `eval`): the
+    warehouse, threads, target and log folders under DATA_DIR, and the vars as R4EC_DBT_VARS."""
+    given = dbt_args(settings, "build")
+    option = {name: given[given.index(name) + 1] for name in ("--target-path", "--log-path", "--vars")}
+    for path in (settings.warehouse_path.parent, settings.marts_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return {
+        "R4EC_WAREHOUSE_PATH": settings.warehouse_path,
+        "R4EC_DBT_THREADS": settings.dbt_threads,
+        "DBT_TARGET_PATH": option["--target-path"],
+        "DBT_LOG_PATH": option["--log-path"],
+        "R4EC_DBT_VARS": option["--vars"],
+    }
+
+
 def run_dbt(settings: Settings, command: str, *extra: str) -> None:
     from dbt.cli.main import dbtRunner
 

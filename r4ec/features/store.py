@@ -20,6 +20,10 @@ from r4ec.config import Settings
 log = logging.getLogger(__name__)
 
 
+class FeaturesError(Exception):
+    """A feature store request that cannot be served, in one line."""
+
+
 OFFLINE_STORES = {"duckdb": "duckdb", "asof-duckdb": "r4ec.features.offline.AsofDuckDBOfflineStore"}
 
 
@@ -44,6 +48,26 @@ def repo_config(settings: Settings):
         entity_key_serialization_version=3,
         repo_path=str(settings.feast_dir),
     )
+
+
+def feast_cli_env(settings: Settings) -> dict[str, object]:
+    """What feature_repo/feature_store.yaml reads, from the same repo_config as every r4ec features command: the feast
+    CLI then talks to the same registry and stores (online store type and its one path or connection setting)."""
+    config = repo_config(settings)  # also creates the feast folder, which Feast's file registry wants
+    online = dict(config.online_config)
+    online_type = online.pop("type")
+    if len(online) != 1:
+        raise FeaturesError(f"feature_repo/feature_store.yaml takes one online store setting, not {sorted(online)}")
+    ((online_key, online_value),) = online.items()
+    return {
+        "R4EC_FEAST_PROJECT": config.project,
+        "R4EC_FEAST_REGISTRY": config.registry.path,
+        "R4EC_FEAST_OFFLINE_STORE": config.offline_config["type"],
+        "R4EC_FEAST_ONLINE_STORE": online_type,
+        "R4EC_FEAST_ONLINE_KEY": online_key,
+        "R4EC_FEAST_ONLINE_VALUE": online_value,
+        "R4EC_FEAST_ENTITY_KEY_VERSION": config.entity_key_serialization_version,
+    }
 
 
 def feature_store(settings: Settings):
@@ -86,16 +110,11 @@ def _source_files(view) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(path)) if "*" in path else [Path(path)]
 
 
-def _fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def materialize(settings: Settings) -> dict[str, int]:
     """Bring the online store up to date with the source files that are new or changed since the last run.
 
     Feast's own incremental window runs over event time, but knowledge is appended with *historical* as-of times,
-    which a window starting at the last run would never see. So each view's source files are fingerprinted; for
+    which a window starting at the last run would never see. So each view's source files are hashed (content); for
     a view with new files, the window starts at the earliest event_timestamp in them: every entity with a row
     there gets its overall latest row, and no other entity is touched. Returns view -> new files loaded.
     """
@@ -106,7 +125,7 @@ def materialize(settings: Settings) -> dict[str, int]:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     loaded = {}
     for view in store.list_feature_views():
-        files = {str(p): _fingerprint(p) for p in _source_files(view)}
+        files = {str(p): fingerprint.of_file(p) for p in _source_files(view)}
         seen = state.get(view.name, {})
         new = [p for p, mark in files.items() if seen.get(p) != mark]
         if not new:
@@ -118,10 +137,6 @@ def materialize(settings: Settings) -> dict[str, int]:
         state_path.write_text(json.dumps(state, indent=1))
         loaded[view.name] = len(new)
     return loaded
-
-
-class FeaturesError(Exception):
-    """A feature store request that cannot be served, in one line."""
 
 
 def service_sources(settings: Settings, service: str) -> list[Path]:

@@ -117,3 +117,12 @@ def marts_of_first_users(source: Settings, target: Settings, users: int):
     frame = cut.df()
     write_parquet(cut.to_arrow_table(), samples)
     return frame
+
+
+def flip_test_labels(table: pa.Table) -> pa.Table:
+    """Every test sample's label flipped: model choice must not move, test AUC must become 1 - AUC."""
+    import pyarrow.compute as pc
+
+    labels = table.column("label")
+    flipped = pc.if_else(pc.equal(table.column("split"), "test"), pc.subtract(1, labels), labels)
+    return table.set_column(table.schema.get_field_index("label"), "label", flipped)

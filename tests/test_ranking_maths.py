@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from r4ec.ranking.deepfm import DeepFM, pairwise_interactions
 from r4ec.ranking.dien import AUGRUCell
 from r4ec.ranking.din import DIN
 from r4ec.ranking.train import TrainConfig, train
+from tests.sample_files import flip_test_labels
 
 VOCAB, B, K, D = 60, 5, 4, 8
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
@@ -176,13 +176,8 @@ def test_epoch_choice_with_dropout_and_knowledge_never_reads_the_test_split(back
     config = TrainConfig(
         backbone=backbone, knowledge="single", epochs=4, patience=4, batch_size=128, seed=3, history_length=8
     )
-    is_test = pc.equal(table.column("split"), "test")
-    flipped = table.set_column(
-        table.schema.get_field_index("label"), "label",
-        pc.if_else(is_test, pc.subtract(1, table.column("label")), table.column("label")),
-    )  # fmt: skip
     model, clean = train(table, config)
-    _, corrupted = train(flipped, config)
+    _, corrupted = train(flip_test_labels(table), config)
     assert model.dropout > 0 and model.connector is not None  # the case the LR test cannot cover
     assert len({round(epoch["valid_auc"], 6) for epoch in clean.history}) > 1  # epochs differ: the choice matters
     assert clean.best_epoch == corrupted.best_epoch

@@ -19,6 +19,7 @@ from r4ec.ranking import RankingError
 from r4ec.ranking.data import Vocab, to_tensors
 from r4ec.ranking.experiment import check_history_length, train_configs
 from r4ec.ranking.train import BACKBONES, TrainConfig, build_model, evaluate, save, split, split_tensors, train
+from tests.sample_files import flip_test_labels
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +53,8 @@ def test_training_lowers_validation_loss(training_table, tmp_path, backbone):
 def test_model_choice_never_reads_the_test_split(training_table):
     """Flip every test label: the chosen epoch and the validation figures must not move; the test figures must."""
     config = TrainConfig(backbone="lr", epochs=4, patience=4, batch_size=512, learning_rate=0.05)
-    test_rows = pc.equal(training_table.column("split"), "test")
-    flipped = training_table.set_column(
-        training_table.schema.get_field_index("label"), "label",
-        pc.if_else(test_rows, pc.subtract(1, training_table.column("label")), training_table.column("label")),
-    )  # fmt: skip
     _, clean = train(training_table, config)
-    _, corrupted = train(flipped, config)
+    _, corrupted = train(flip_test_labels(training_table), config)
     assert clean.best_epoch == corrupted.best_epoch
     assert clean.valid == corrupted.valid and clean.history == corrupted.history
     assert clean.test["auc"] == pytest.approx(1 - corrupted.test["auc"])

@@ -183,7 +183,10 @@ def _knowledge_parts(settings, entity: str) -> list[Path]:
     manifest = source / layout.MANIFEST
     if not parts or not manifest.is_file():
         raise EncoderError(f"{source}: no knowledge parts: run `r4ec knowledge generate` first")
-    expected = json.loads(manifest.read_text())["parts"]
+    expected = json.loads(manifest.read_text()).get("parts")
+    if expected is None:
+        raise EncoderError(f"{source} was generated before runs recorded their inputs: regenerate it with "
+                           "`r4ec knowledge generate --overwrite` (cached answers make that cheap)")  # fmt: skip
     if len(parts) != expected:
         raise EncoderError(
             f"{source}: {len(parts)} of {expected} knowledge parts: finish the run with `r4ec knowledge generate` first"

@@ -154,3 +154,24 @@ def test_a_local_model_is_identified_by_content(tiny_model, tmp_path):
     assert TransformersBackend(str(moved), dtype="float32").model_id != TransformersBackend(
         str(tiny_model), dtype="float32"
     ).model_id
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1e-9, -1.0])
+def test_a_vanishing_top_p_keeps_the_top_token(top_p):
+    import torch
+
+    from r4ec.knowledge.sampling import PerRequestSampler
+
+    scores = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    noisy = PerRequestSampler([1, 2, 3], temperature=0.8, top_p=top_p)(torch.zeros(3, 1, dtype=torch.long), scores)
+    assert noisy.argmax(dim=-1).tolist() == scores.argmax(dim=-1).tolist()
+
+
+def test_an_openai_run_names_its_server_and_its_remote_adapters(tmp_path):
+    from r4ec.knowledge.job import manifest
+
+    settings = Settings(knowledge={"backend": "openai", "model": "teacher", "openai_base_url": "http://127.0.0.1:9/v1",
+                                   "actor_adapter": tmp_path / "not-here" / "actor"})  # fmt: skip
+    wanted = manifest(settings, "user", "sha256:inputs", 1)
+    assert wanted["server"] == "http://127.0.0.1:9/v1" and wanted["model"] == "teacher"
+    assert wanted["actor_adapter"].endswith("not-here/actor")  # held by the server: named, not hashed

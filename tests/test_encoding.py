@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from r4ec import layout
+from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.encoding import EncoderError, TextEncoder, VectorCache, encode_knowledge, texts_of
 from r4ec.knowledge.job import KnowledgeError, generate_knowledge
@@ -114,3 +115,13 @@ def test_the_vector_cache_knows_encoders_by_content(tmp_path):
     one.encode(["a film about heists"])
     other.encode(["a film about heists"])
     assert other.encoded == 1  # not read from the other encoder's entry
+
+
+def test_a_run_from_before_fingerprints_is_a_one_line_error(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    folder = output_dir(settings, "user")
+    folder.mkdir(parents=True)
+    (folder / "_manifest.json").write_text('{"strategy": "iterative", "model": "smollm2-135m-instruct"}')
+    (folder / "part-00000.parquet").write_bytes(b"")
+    with pytest.raises(EncoderError, match="generated before runs recorded their inputs: regenerate it"):
+        encode_knowledge(settings, "user")

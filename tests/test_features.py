@@ -169,12 +169,23 @@ def test_the_registry_holds_exactly_the_runs_on_disk_and_samples_keep_their_name
     write_vectors(sampled, "item", "iterative", 0, [("1", first.min(), 1.0)])
     assert store.apply(settings) == ["base", "iterative_sample3"]
     with pytest.raises(store.FeaturesError, match=r"'iterative' is not registered \(registered: base, iterative_sample3\)"):
-        store.service_sources(settings, "iterative")
+        store.write_training_set(settings, "iterative")
     write_vectors(settings, "user", "iterative", 0, [(u, t, 2.0) for u, t in first.items()])
     write_vectors(settings, "item", "iterative", 0, [("1", first.min(), 2.0)])
     assert store.apply(settings) == ["base", "iterative", "iterative_sample3"]
     full = store.training_set(settings, samples(settings), "iterative")
     assert full.user_knowledge_vector.notna().all()  # every user: the full run, not the sample
+    # a run being re-encoded is not read under its name until it is complete again
+    complete = settings.knowledge_dir / "iterative" / "user_knowledge_vectors" / "_COMPLETE.json"
+    marker = complete.read_text()
+    complete.unlink()
+    with pytest.raises(store.FeaturesError, match="not those `r4ec knowledge encode` completed"):
+        store.write_training_set(settings, "iterative")
+    complete.write_text(marker)
+    # a run whose user and item halves were made by different models is served under no name
+    manifest = settings.knowledge_dir / "iterative-sample3" / "item_knowledge" / "_manifest.json"
+    manifest.write_text(manifest.read_text().replace("test-model", "other-model"))
+    assert store.apply(settings) == ["base", "iterative"]
     shutil.rmtree(settings.knowledge_dir / "iterative-sample3")
     assert store.apply(settings) == ["base", "iterative"]
     views = {view.name for view in store.feature_store(settings).list_feature_views()}

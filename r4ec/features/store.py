@@ -125,7 +125,8 @@ def materialize(settings: Settings) -> dict[str, int]:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     loaded = {}
     for view in store.list_feature_views():
-        files = {str(p): fingerprint.of_file(p) for p in _source_files(view)}
+        sources = _complete_files(settings, view) if "knowledge_run" in view.tags else _source_files(view)
+        files = {str(p): fingerprint.of_file(p) for p in sources}
         seen = state.get(view.name, {})
         new = [p for p, mark in files.items() if seen.get(p) != mark]
         if not new:
@@ -152,19 +153,38 @@ def service_sources(settings: Settings, service: str) -> list[Path]:
             f"feature service '{service}' is not registered (registered: {known}); encode that knowledge run and "
             "run `r4ec features apply`"
         ) from None
-    files = [layout.mart_path(settings, "ctr_samples")]
+    samples = layout.mart_path(settings, "ctr_samples")
+    if not samples.is_file():
+        raise FeaturesError(f"{samples} not found: run `r4ec marts build` first")
+    files = [samples]
     for projection in projections:
-        files += _source_files(store.get_feature_view(projection.name))
+        view = store.get_feature_view(projection.name)
+        files += _complete_files(settings, view) if "knowledge_run" in view.tags else _source_files(view)
+    return files
+
+
+def _complete_files(settings: Settings, view) -> list[Path]:
+    """A knowledge view's vector parts, exactly as `knowledge encode` finished them: a run being regenerated or
+    re-encoded (no `_COMPLETE.json`, or parts that differ from it) is not read under the run's name."""
+    from r4ec.layout import COMPLETE, KnowledgeRun, vectors_dir
+
+    entity = view.name.split("_", 1)[0]
+    target = vectors_dir(settings, entity, KnowledgeRun.parse(view.tags["knowledge_run"]))
+    files = _source_files(view)
+    marker = target / COMPLETE
+    recorded = json.loads(marker.read_text())["parts"] if marker.is_file() else None
+    if recorded != {p.name: fingerprint.of_file(p) for p in files}:
+        raise FeaturesError(f"{target}: the vectors are not those `r4ec knowledge encode` completed (being "
+                            "regenerated or re-encoded?): finish `r4ec knowledge encode`, then `r4ec features apply`")  # fmt: skip
     return files
 
 
 def service_fingerprint(settings: Settings, service: str) -> str:
     """What a training set from `service` is built from: the content of the CTR samples and of every source file
     of its views, and the views' names and fields."""
-    store = feature_store(settings)
-    projections = store.get_feature_service(service).feature_view_projections
-    features = {p.name: sorted(f.name for f in p.features) for p in projections}
     files = {str(path): fingerprint.of_file(path) for path in service_sources(settings, service)}
+    projections = feature_store(settings).get_feature_service(service).feature_view_projections
+    features = {p.name: sorted(f.name for f in p.features) for p in projections}
     return fingerprint.of_json({"service": service, "features": features, "files": files})
 
 

@@ -91,14 +91,21 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
     return {
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
         "samples": k.samples, "backend": k.backend, "model": model_identity(k.model), "dtype": k.dtype,
-        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
-        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
+        "server": k.openai_base_url if k.backend == "openai" else None,
+        "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
         "sampling_temperature": k.sampling_temperature, "prompt_version": PROMPT_VERSION,
         "limit": k.limit, "partition_size": k.partition_size, "seed": settings.seed,
         "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
         "inputs": inputs_digest, "parts": parts,
     }  # fmt: skip
+
+
+def _adapter(settings: Settings, path: Path | None) -> str | None:
+    """A local adapter by content; one a remote server holds (openai backend) can only be named."""
+    if path is None:
+        return None
+    return str(path) if settings.knowledge.backend == "openai" else adapter_identity(path)
 
 
 def select_entities(ids: list[str], limit: int | None, seed: int) -> list[str]:
@@ -149,8 +156,8 @@ def _run_columns(settings: Settings, cfg: LoopConfig, model_id: str) -> dict:
     return {
         "strategy": cfg.strategy,
         "model": model_id,
-        "actor_adapter": adapter_identity(k.actor_adapter) if k.actor_adapter else None,
-        "reflector_adapter": adapter_identity(k.reflector_adapter) if k.reflector_adapter else None,
+        "actor_adapter": _adapter(settings, k.actor_adapter),
+        "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "prompt_version": PROMPT_VERSION,
     }
 
@@ -256,6 +263,8 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     todo = [n for n in range(len(parts)) if read_stamp(part_path(out_dir, n)) != stamps[n]]
     for n in todo:
         part_path(out_dir, n).unlink(missing_ok=True)  # a part from other inputs is never left to be read
+    if todo:  # its vectors no longer match it until `knowledge encode` has run again
+        (layout.vectors_dir(settings, entity) / layout.COMPLETE).unlink(missing_ok=True)
     log.info("%s knowledge: %d entities, %d parts, %d to run (%s, %s)", entity, len(ids), len(parts), len(todo), k.strategy, k.model)
     started = time.perf_counter()
     results: list[dict] = []

@@ -13,7 +13,11 @@ from r4ec.knowledge.job import KnowledgeError
 def read_knowledge(out_dir: Path) -> list[dict]:
     if not any(out_dir.glob("part-*.parquet")):
         raise KnowledgeError(f"{out_dir}: no knowledge parts: run `r4ec knowledge generate` first")
-    return ds.dataset(out_dir, format="parquet").to_table().to_pylist()
+    table = ds.dataset(out_dir, format="parquet").to_table()
+    if "quality" not in table.column_names:
+        raise KnowledgeError(f"{out_dir} was generated before knowledge carried a quality flag: regenerate it with "
+                             "`r4ec knowledge generate --overwrite` (cached answers make that cheap)")  # fmt: skip
+    return table.to_pylist()
 
 
 def summarize(rows: list[dict]) -> dict[str, object]:

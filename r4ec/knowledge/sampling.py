@@ -23,7 +23,8 @@ class PerRequestSampler(LogitsProcessor):
         if self.top_p < 1.0:
             ordered, order = scores.sort(dim=-1, descending=True)
             probabilities = ordered.softmax(dim=-1)
-            beyond = probabilities.cumsum(dim=-1) - probabilities >= self.top_p  # the top token never is: 0 before it
+            beyond = probabilities.cumsum(dim=-1) - probabilities >= self.top_p
+            beyond[:, 0] = False  # the top token always stays, whatever top_p
             outside = torch.zeros_like(beyond).scatter(-1, order, beyond)  # back to vocabulary order
             scores = scores.masked_fill(outside, float("-inf"))
         uniform = torch.stack(

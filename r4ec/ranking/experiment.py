@@ -81,7 +81,8 @@ def train_configs(
     lr_options = {k: v for k, v in options.items() if k != "connector"}  # no knowledge, so no connector
     seeds = list(seeds or ()) or [settings.seed]
     return [
-        TrainConfig(backbone=backbone, knowledge=kind, knowledge_limit=settings.knowledge.limit, seed=seed,
+        TrainConfig(backbone=backbone, knowledge=kind, seed=seed,
+                    knowledge_limit=settings.knowledge.limit if kind != "none" else None,
                     **(lr_options if backbone == "lr" else options))
         for backbone in names
         for kind in (["none"] if backbone == "lr" else list(knowledge))

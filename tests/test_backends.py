@@ -175,3 +175,17 @@ def test_an_openai_run_names_its_server_and_its_remote_adapters(tmp_path):
     wanted = manifest(settings, "user", "sha256:inputs", 1)
     assert wanted["server"] == "http://127.0.0.1:9/v1" and wanted["model"] == "teacher"
     assert wanted["actor_adapter"].endswith("not-here/actor")  # held by the server: named, not hashed
+
+
+def test_auto_dtype_follows_the_cpu_it_runs_on(tiny_model):
+    """bfloat16 only where the cores have native bf16 (on AVX2-only cores a bf16 matmul ran 130x slower)."""
+    import torch
+
+    from r4ec.local_models import cpu_flags, resolve_dtype
+
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    expected = "bfloat16" if native else "float32"
+    assert resolve_dtype("auto", "cpu") == expected
+    assert resolve_dtype("float16", "cpu") == "float16"  # a dtype asked for is a dtype given
+    backend = TransformersBackend(str(tiny_model), dtype="auto")
+    assert backend.model.dtype == getattr(torch, expected) and backend.model_id.endswith(f":{expected}")

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from r4ec.local_models import SMOLLM2, SMOLLM2_GGUF, adapter_identity, model_identity, smollm2_checkpoint
+from r4ec.local_models import (
+    SMOLLM2,
+    SMOLLM2_GGUF,
+    adapter_identity,
+    model_identity,
+    resolve_dtype,
+    smollm2_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["SMOLLM2", "SMOLLM2_GGUF", "smollm2_checkpoint"]  # where tests and the job have always found them
@@ -83,7 +90,7 @@ class TransformersBackend:
         self,
         model: str = SMOLLM2,
         cache_dir: Path = Path("data/models"),
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 8,
         adapters: dict[str, Path] | None = None,
         threads: int | None = None,
@@ -95,6 +102,8 @@ class TransformersBackend:
         torch.set_flush_denormal(True)
         if threads:
             torch.set_num_threads(threads)
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        dtype = resolve_dtype(dtype, self.device)
         path = smollm2_checkpoint(cache_dir, dtype) if model == SMOLLM2 else Path(model)
         if not path.exists():
             raise BackendError(f"model {model}: no such folder (give a local path; nothing is fetched from a hub)")
@@ -102,7 +111,6 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.adapters = dict(adapters or {})
         if self.adapters:

@@ -30,7 +30,7 @@ from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, bu
 from r4ec.knowledge.cache import AnswerCache, CachedBackend
 from r4ec.knowledge.loop import Chain, LoopConfig, run_loop
 from r4ec.knowledge.prompts import PROMPT_VERSION
-from r4ec.local_models import adapter_identity, model_identity, smollm2_checkpoint
+from r4ec.local_models import adapter_identity, model_identity, resolve_dtype, smollm2_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
     dbt_vars = settings.dbt_vars()
     return {
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
-        "samples": k.samples, "backend": k.backend, "model": model_identity(k.model), "dtype": k.dtype,
+        "samples": k.samples, "backend": k.backend, "model": model_identity(k.model),
+        "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else k.dtype,
         "server": k.openai_base_url if k.backend == "openai" else None,
         "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
@@ -272,7 +273,7 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
         from r4ec.spark import run_parts, spark_session
 
         if k.backend == "transformers" and k.model == SMOLLM2:
-            smollm2_checkpoint(settings.models_dir, k.dtype)  # convert once here, not in every worker at once
+            smollm2_checkpoint(settings.models_dir, resolve_dtype(k.dtype, k.device))  # once here, not in every worker
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
         common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}

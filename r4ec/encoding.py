@@ -126,14 +126,6 @@ def vectors_stamp(knowledge_part: Path, encoder: str) -> str:
     return fingerprint.of_json({"knowledge": fingerprint.of_file(knowledge_part), "encoder": encoder})
 
 
-def _read_stamp(path: Path) -> str | None:
-    try:
-        value = (pq.read_schema(path).metadata or {}).get(STAMP)
-    except (OSError, pa.ArrowInvalid):
-        return None
-    return value.decode() if value else None
-
-
 _WORKER_ENCODERS: dict[str, TextEncoder] = {}
 
 
@@ -227,7 +219,7 @@ def encode_knowledge(settings, entity: str) -> EncodeSummary:
     for leftover in target.glob("*.partial"):
         leftover.unlink()
     stamps = {p: vectors_stamp(p, identity) for p in parts}
-    todo = [p for p in parts if _read_stamp(target / p.name) != stamps[p]]
+    todo = [p for p in parts if fingerprint.read_stamp(target / p.name, STAMP) != stamps[p]]
     started, encoded = time.perf_counter(), 0
     if todo:
         spark = spark_session(k.spark_master, f"r4ec-encode-{entity}-knowledge")

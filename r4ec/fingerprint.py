@@ -48,6 +48,19 @@ def of_path(path: Path) -> str:
     return of_folder(path) if path.is_dir() else of_file(path)
 
 
+def read_stamp(path: Path, key: bytes) -> str | None:
+    """The stamp a parquet file carries under `key` in its metadata (what it was built from); None for a file that is
+    missing, damaged or unstamped: such a file is rebuilt, never trusted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(key)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return value.decode() if value else None
+
+
 def of_rows(rows: list[dict]) -> str:
     """The rows' content, whatever the file layout or row-group sizes that hold them."""
     return of_json(rows)

@@ -222,14 +222,16 @@ def ctr_samples(settings: Settings) -> pd.DataFrame:
 TRAINING_SET_STAMP = b"r4ec.sources"  # parquet metadata key: the service fingerprint a training set was built from
 
 
-def write_training_set(settings: Settings, service: str, output: Path | None = None) -> tuple[Path, pd.DataFrame]:
+def write_training_set(
+    settings: Settings, service: str, output: Path | None = None, stamp: str | None = None
+) -> tuple[Path, pd.DataFrame]:
     """The training set of every CTR sample from `service`, as parquet (default: DATA_DIR/training/DATASET/),
-    stamped with the fingerprint of what it was built from."""
+    stamped with the fingerprint of what it was built from (`stamp`, when the caller has just computed it)."""
     import pyarrow as pa
 
     from r4ec.data.tables import write_parquet
 
-    stamp = service_fingerprint(settings, service)
+    stamp = stamp or service_fingerprint(settings, service)
     frame = training_set(settings, ctr_samples(settings), service)
     path = output or layout.training_set_path(settings, service)
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -238,7 +240,4 @@ def write_training_set(settings: Settings, service: str, output: Path | None = N
 
 
 def training_set_stamp(path: Path) -> str | None:
-    import pyarrow.parquet as pq
-
-    value = (pq.read_schema(path).metadata or {}).get(TRAINING_SET_STAMP) if path.is_file() else None
-    return value.decode() if value else None
+    return fingerprint.read_stamp(path, TRAINING_SET_STAMP)

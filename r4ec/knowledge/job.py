@@ -130,15 +130,6 @@ def part_stamp(run_digest: str, ids: list[str], rows: list[dict]) -> str:
     return fingerprint.of_json({"run": run_digest, "ids": ids, "inputs": fingerprint.of_rows(rows)})
 
 
-def read_stamp(path: Path) -> str | None:
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid):  # a damaged file is redone, not trusted
-        return None
-    value = metadata.get(STAMP)
-    return value.decode() if value else None
-
-
 # ---- on a worker -----------------------------------------------------------------------------------------------------
 
 _WORKER_BACKENDS: dict[str, CachedBackend] = {}  # one loaded model per worker process
@@ -261,7 +252,7 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     out_dir = _prepare_output(settings, entity, wanted, overwrite)
     run_digest = fingerprint.of_json(wanted)
     stamps = [part_stamp(run_digest, part, [inputs[i] for i in part]) for part in parts]
-    todo = [n for n in range(len(parts)) if read_stamp(part_path(out_dir, n)) != stamps[n]]
+    todo = [n for n in range(len(parts)) if fingerprint.read_stamp(part_path(out_dir, n), STAMP) != stamps[n]]
     for n in todo:
         part_path(out_dir, n).unlink(missing_ok=True)  # a part from other inputs is never left to be read
     if todo:  # its vectors no longer match it until `knowledge encode` has run again

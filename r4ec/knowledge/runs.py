@@ -13,26 +13,26 @@ IDENTITY = ("strategy", "rounds", "samples", "limit", "model", "dtype", "actor_a
             "prompt_version", "max_new_tokens", "sampling_temperature", "inputs", "protocol")  # fmt: skip
 
 
+def _half(settings: Settings, run: KnowledgeRun, entity: str) -> dict:
+    """One entity's side of a run: its manifest's identity and its vectors' (encoder, parts hash, rows)."""
+    manifest = json.loads((layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).read_text())
+    vectors = json.loads((layout.vectors_dir(settings, entity, run) / layout.COMPLETE).read_text())
+    return {**{key: manifest.get(key) for key in IDENTITY}, "encoder": vectors["encoder"],
+            "vectors": fingerprint.of_json(vectors["parts"]), "rows": vectors["rows"]}  # fmt: skip
+
+
 def disagreements(settings: Settings, run: KnowledgeRun) -> list[str]:
     """What the run's user and item halves disagree on (model, prompts, encoder, ...): one entity regenerated with
-    other settings makes the run a mix that no single label describes. The inputs differ by nature."""
-    halves = []
-    for entity in layout.ENTITIES:
-        manifest = json.loads((layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).read_text())
-        vectors = json.loads((layout.vectors_dir(settings, entity, run) / layout.COMPLETE).read_text())
-        halves.append({**{key: manifest.get(key) for key in IDENTITY if key != "inputs"}, "encoder": vectors["encoder"]})
-    user, item = halves
-    return sorted(key for key in user if user[key] != item[key])
+    other settings makes the run a mix that no single label describes. Inputs and vectors differ by nature."""
+    user, item = (_half(settings, run, entity) for entity in layout.ENTITIES)
+    return sorted(key for key in user if key not in ("inputs", "vectors", "rows") and user[key] != item[key])
 
 
 def describe(settings: Settings, run: KnowledgeRun) -> dict:
     """The run's name and, per entity, its identity and its vectors' (encoder, rows); `digest` hashes it all."""
     about: dict = {"name": run.folder, "strategy": run.strategy, "limit": run.limit}
     for entity in layout.ENTITIES:
-        manifest = json.loads((layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).read_text())
-        vectors = json.loads((layout.vectors_dir(settings, entity, run) / layout.COMPLETE).read_text())
-        about[entity] = {**{key: manifest.get(key) for key in IDENTITY}, "encoder": vectors["encoder"],
-                         "vectors": fingerprint.of_json(vectors["parts"]), "rows": vectors["rows"]}  # fmt: skip
+        about[entity] = _half(settings, run, entity)
     about["digest"] = fingerprint.of_json(about)
     return about
 

@@ -35,7 +35,7 @@ def training_table(settings: Settings, service: str, stamp: str) -> tuple[pa.Tab
     else:
         why = "not built yet" if found is None and not path.exists() else "its inputs changed"
         log.info("training set '%s': retrieving from Feast (%s)", service, why)
-        write_training_set(settings, service, path)
+        write_training_set(settings, service, path, stamp)
     return pq.read_table(path), path
 
 
@@ -126,13 +126,12 @@ def is_done(run: Path, config: TrainConfig, stamp: str) -> bool:
 
 def run_experiments(settings: Settings, configs: Iterable[TrainConfig], overwrite: bool = False) -> list[Path]:
     """Train every configuration not already trained; one training set per feature service. Returns run folders."""
+    from r4ec.features.store import service_fingerprint
+
     out = settings.artifacts_dir
     configs = list(configs)
     check_history_length(settings, configs)
-    from r4ec.features.store import service_fingerprint, service_sources
-
-    for service in dict.fromkeys(c.service for c in configs):
-        service_sources(settings, service)  # a one-line error for a service that is not registered
+    # service_fingerprint reads each service's sources first: an unregistered service is a one-line error
     stamps = {service: service_fingerprint(settings, service) for service in dict.fromkeys(c.service for c in configs)}
     pending = [c for c in configs if overwrite or not is_done(out / c.run_name, c, stamps[c.service])]
     pending.sort(key=lambda c: c.service)  # stable: one training set after another

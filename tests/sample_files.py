@@ -126,3 +126,10 @@ def flip_test_labels(table: pa.Table) -> pa.Table:
     labels = table.column("label")
     flipped = pc.if_else(pc.equal(table.column("split"), "test"), pc.subtract(1, labels), labels)
     return table.set_column(table.schema.get_field_index("label"), "label", flipped)
+
+
+def ask_chat(text: str) -> list[dict[str, str]]:
+    """A one-question conversation under the prompts' system line."""
+    from r4ec.knowledge import prompts
+
+    return [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": text}]

@@ -7,7 +7,6 @@ import builtins
 import pytest
 
 from r4ec.config import Settings
-from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import (
     BackendError,
     GenerationConfig,
@@ -20,6 +19,7 @@ from r4ec.knowledge.backends import (
 )  # fmt: skip
 from r4ec.knowledge.job import loop_config
 from r4ec.knowledge.loop import run_loop
+from tests.sample_files import ask_chat
 
 GEN = GenerationConfig(max_new_tokens=10)
 
@@ -44,7 +44,7 @@ def adapters(tiny_model, tmp_path_factory):
 
 def test_each_adapter_and_the_base_model_answer_differently(tiny_model, adapters):
     backend = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters)
-    ask = Request.chat(prompts.messages("reason", "Describe a viewer who loves Heat (1995)."))
+    ask = Request.chat(ask_chat("Describe a viewer who loves Heat (1995)."))
     texts = {
         name: backend.generate([Request(ask.messages, adapter=name)], GEN)[0].text for name in ("actor", "reflector", None)
     }
@@ -59,7 +59,7 @@ def test_each_adapter_and_the_base_model_answer_differently(tiny_model, adapters
 def test_the_loop_sends_actor_and_reflector_steps_to_their_adapters(tiny_model, adapters, tmp_path):
     settings = Settings(
         data_dir=tmp_path,
-        knowledge={"model": str(tiny_model), "dtype": "float32", "max_new_tokens": 6, "prefill": False,
+        knowledge={"backend": "transformers", "model": str(tiny_model), "dtype": "float32", "max_new_tokens": 6, "prefill": False,
                    "actor_adapter": adapters["actor"], "reflector_adapter": adapters["reflector"]},
     )  # fmt: skip
     assert adapter_names(settings.knowledge) == ("actor", "reflector")
@@ -67,7 +67,9 @@ def test_the_loop_sends_actor_and_reflector_steps_to_their_adapters(tiny_model, 
     backend = build_backend(settings)
     seen = []
     generate = backend.generate
-    backend.generate = lambda requests, config: seen.extend(r.adapter for r in requests) or generate(requests, config)
+    backend.generate = lambda requests, config, on_result=None: (
+        seen.extend(r.adapter for r in requests) or generate(requests, config, on_result)
+    )
     user = {"user_id": "1", "history": [{"item_id": "1", "title": "Heat", "category": "Action", "rating": 4.0}]}
     run_loop(backend, [user], cfg)
     assert seen == ["actor", "actor", "reflector", "reflector"]  # reason (+ strict retry), reflect (+ strict retry)
@@ -104,8 +106,8 @@ def test_k_samples_of_one_prompt_differ_and_each_is_reproducible(tiny_model):
     """Defect: the transformers backend seeded torch alike before every batch and ignored `Request.sample`, so the
     filter strategy's k "sampled" answers were token-identical."""
     backend = TransformersBackend(str(tiny_model), dtype="float32", batch_size=4)
-    ask = Request.chat(prompts.messages("reason", "Describe a viewer who loves Heat (1995)."))
-    other = Request.chat(prompts.messages("reason", "Describe a viewer who hates Cats (2019)."))
+    ask = Request.chat(ask_chat("Describe a viewer who loves Heat (1995)."))
+    other = Request.chat(ask_chat("Describe a viewer who hates Cats (2019)."))
     samples = [Request(ask.messages, sample=k) for k in range(4)]
     first = [g.text for g in backend.generate(samples, SAMPLING)]
     assert len(set(first)) == 4

@@ -1,3 +1,4 @@
+import logging
 import os
 import re
 import shutil
@@ -7,7 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from r4ec import cli
 from r4ec.cli import build_parser, main
+from r4ec.console import prints_to_log
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +48,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
 @pytest.mark.integration
 def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tiny_model, monkeypatch, capsys):
     (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
-    for name, value in {"MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8"}.items():
+    for name, value in {"BACKEND": "transformers", "MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8"}.items():
         monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
     assert main(["demo", "--data-dir", str(tmp_path), "--sample", "3"]) == 0
     out = capsys.readouterr().out
@@ -94,7 +97,8 @@ def _bash(command: str, data_dir, **env: str):
 def test_spark_submit_chooses_the_master_over_the_setting(ml1m, tiny_model, tmp_path):
     """spark-submit sets spark.master before our code runs; a .master() in the session builder used to override it."""
     shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
-    knowledge = {"MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8", "SPARK_MASTER": "local[2]"}
+    knowledge = {"BACKEND": "transformers", "MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8",
+                 "SPARK_MASTER": "local[2]"}  # fmt: skip
     done = _bash(
         "spark-submit --master local[1] spark_jobs/generate_knowledge.py --dataset ml-1m --entity user --limit 2",
         tmp_path, **{f"R4EC_KNOWLEDGE__{k}": v for k, v in knowledge.items()},
@@ -129,3 +133,50 @@ def test_the_feast_cli_uses_the_online_store_r4ec_uses(ml1m, tmp_path, redis_ser
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Created sqlite table r4ec_ml_1m_user_profile" in done.stdout
     assert (tmp_path / "sqlite" / "feast" / "ml-1m" / "online.db").is_file() and client.dbsize() == keys
+
+
+def test_quiet_main_keeps_library_output_in_its_log_and_restores_fd_2(tmp_path, monkeypatch, capfd):
+    """In-process (tests, spark_jobs/) main must give file descriptor 2 back: pytest's output lives there."""
+
+    def noisy_load(args) -> None:
+        os.write(2, b"C-EXTENSION NOISE\n")  # what the JVM and duckdb's bindings do
+        logging.getLogger("feast.infra.registry").info("FEAST NOISE")
+        with prints_to_log("dbt"):
+            print("DBT NOISE")
+        logging.getLogger("r4ec.data").info("r4ec's own line")
+        print("the summary")
+
+    monkeypatch.setattr(cli, "cmd_data_load", noisy_load)
+    before = os.fstat(2)
+    log = tmp_path / "chosen.log"
+    assert main(["--log-file", str(log), "data", "load", "--data-dir", str(tmp_path)], quiet=True) == 0
+    assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (before.st_dev, before.st_ino)
+    os.write(2, b"after main\n")
+    out, err = capfd.readouterr()
+    assert out == "the summary\n"
+    assert "INFO r4ec.data: r4ec's own line" in err and err.endswith(f"log: {log}\nafter main\n")
+    assert "NOISE" not in err
+    logged = log.read_text()
+    assert all(text in logged for text in ("C-EXTENSION NOISE", "FEAST NOISE", "INFO dbt: DBT NOISE", "own line"))
+
+    assert main(["data", "load", "--data-dir", str(tmp_path)], quiet=True) == 0  # the default place
+    assert "C-EXTENSION NOISE" in next((tmp_path / "logs").glob("data-load-*.log")).read_text()
+    assert main(["--no-quiet", "data", "load", "--data-dir", str(tmp_path / "loud")], quiet=True) == 0
+    assert "C-EXTENSION NOISE" in capfd.readouterr().err and not (tmp_path / "loud" / "logs").exists()
+
+
+@pytest.mark.integration
+def test_the_r4ec_command_shows_its_own_lines_and_logs_the_rest(ml1m, tmp_path):
+    """Feast's INFO lines and prints, a DeprecationWarning and, at interpreter exit, duckdb's nanobind leak report
+    (file descriptor 2) go to the log; the terminal keeps r4ec's log lines, the summary and where the log is."""
+    shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
+    assert _bash(".venv/bin/r4ec features apply --dataset ml-1m", tmp_path).returncode == 0
+    done = _bash(".venv/bin/r4ec features materialize --dataset ml-1m", tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("feast: materialized into the sqlite online store: user_profile (1 new files)")
+    assert done.stdout.count("\n") == 1
+    assert "INFO r4ec.features.store: materializing user_profile: 1 new files" in done.stderr
+    log = Path(re.search(r"^log: (.+)$", done.stderr, re.MULTILINE)[1])
+    assert log.parent == tmp_path / "logs" and log.name.startswith("features-materialize-")
+    for noise in ("Registry cache expired", "Materializing", "DeprecationWarning", "nanobind: leaked"):
+        assert noise not in done.stderr and noise in log.read_text(), noise

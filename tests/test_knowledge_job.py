@@ -27,7 +27,7 @@ def settings_for(ml1m: Settings, data_dir: Path, tiny_model: Path, **knowledge) 
     """The small ML-1M marts in a data_dir of the test's own, and a tiny model that writes 8 tokens a step."""
     if not (data_dir / "marts").exists():
         shutil.copytree(ml1m.marts_dir, data_dir / "marts" / "ml-1m")
-    options = {"model": str(tiny_model), "dtype": "float32", "max_new_tokens": 8, "partition_size": 4,
+    options = {"backend": "transformers", "model": str(tiny_model), "dtype": "float32", "max_new_tokens": 8, "partition_size": 4,
                "limit": 10, "spark_master": "local[2]", **knowledge}  # fmt: skip
     return Settings(data_dir=data_dir, dataset="ml-1m", knowledge=options)
 

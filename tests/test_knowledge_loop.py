@@ -42,25 +42,25 @@ def config(**kw) -> LoopConfig:
 ITERATIVE = config(strategy="iterative")
 
 
-def seed(backend, role, prompt, reply, generation, sample=0):
-    request = Request.chat(prompts.messages(role, prompt), None, sample)
+def seed(backend, chat, reply, generation, sample=0):
+    request = Request.chat(chat, None, sample)
     backend.cache.put_many({answer_key(backend.model_id, request, generation): Generation(reply, 10, 5)})
 
 
 def seed_reason(backend, inputs, answer, cfg=ITERATIVE, sample=0):
-    prompt = prompts.reason_prompt("user", "movies", inputs)
-    seed(backend, "reason", prompt, f"<preference>{answer}</preference>", cfg.reason_generation(), sample)
+    chat = prompts.reason_chat("user", "movies", inputs)
+    seed(backend, chat, f"<preference>{answer}</preference>", cfg.reason_generation(), sample)
 
 
 def seed_reflect(backend, inputs, answer, reasonable, feedback="none", cfg=ITERATIVE):
     verdict = "reasonable" if reasonable else "not reasonable"
     reply = f"<judgement>{verdict}</judgement><reflection>{feedback}</reflection>"
-    seed(backend, "reflect", prompts.reflect_prompt("user", "movies", inputs, answer), reply, cfg.reflect_generation())
+    seed(backend, prompts.reflect_chat("user", "movies", inputs, answer), reply, cfg.reflect_generation())
 
 
 def seed_refine(backend, inputs, answer, feedback, refined):
-    prompt = prompts.refine_prompt("user", "movies", inputs, answer, feedback)
-    seed(backend, "refine", prompt, f"<refined>{refined}</refined>", ITERATIVE.refine_generation())
+    chat = prompts.refine_chat("user", "movies", inputs, answer, feedback)
+    seed(backend, chat, f"<refined>{refined}</refined>", ITERATIVE.refine_generation())
 
 
 def test_iterative_refines_only_what_is_judged_not_reasonable(backend):
@@ -176,7 +176,7 @@ def test_rerun_makes_zero_llm_calls_and_gives_the_same_chains(model, tmp_path):
 
 def test_batched_generation_matches_one_by_one(model):
     """Left padding must not change greedy answers."""
-    requests = [Request.chat(prompts.messages("reason", prompts.reason_prompt("user", "movies", u))) for u in (A, B)]
+    requests = [Request.chat(prompts.reason_chat("user", "movies", u)) for u in (A, B)]
     together = model.generate(requests, GEN)
     alone = [model.generate([r], GEN)[0] for r in requests]
     assert [g.text for g in together] == [g.text for g in alone]

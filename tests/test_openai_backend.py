@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import BackendError, GenerationConfig, OpenAIBackend, Request, TransformersBackend
 from r4ec.knowledge.cache import AnswerCache, CachedBackend
 from r4ec.knowledge.loop import LoopConfig, run_loop
 from r4ec.knowledge.serve import create_app
+from tests.sample_files import ask_chat
 
 GEN = GenerationConfig(max_new_tokens=12)
 
@@ -50,7 +50,7 @@ def server(local_model):
 
 
 def chat(text: str) -> Request:
-    return Request.chat(prompts.messages("reason", text))
+    return Request.chat(ask_chat(text))
 
 
 def test_answers_over_http_match_the_local_model(server, local_model):

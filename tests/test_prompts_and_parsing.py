@@ -14,33 +14,53 @@ BOOK = {"item_id": "B1", "title": "Dune", "release_year": None, "genres": [], "c
         "disliker_user_id": None, "disliker_rating": None, "disliker_history": []}  # fmt: skip
 
 
+def text(chat) -> str:
+    return "\n".join(message["content"] for message in chat)
+
+
 def test_user_prompt_spells_out_the_history():
-    text = prompts.reason_prompt("user", "movies", USER)
-    assert "A viewer (age 24, M, technician)" in text
-    assert "1. Toy Story (1995), genre Animation: 5 stars" in text
-    assert "<preference>your analysis</preference>" in text and "200 words" in text
-    assert "target" not in text  # the inference variant never shows a target item
+    chat = prompts.reason_chat("user", "movies", USER)
+    assert [m["role"] for m in chat] == ["system", "user"]
+    assert "A viewer (age 24, M, technician)" in text(chat)
+    assert "1. Toy Story (1995), genre Animation: 5 stars" in text(chat)
+    assert "<preference>your analysis</preference>" in text(chat) and f"{prompts.MAX_WORDS} words" in text(chat)
+    assert "target" not in text(chat)  # the inference variant never shows a target item
 
 
 def test_book_item_prompt_names_author_and_only_the_examples_it_has():
-    text = prompts.reason_prompt("item", "books", BOOK)
-    assert "The book: Dune, category Science Fiction, author or publisher Frank Herbert." in text
-    assert "A reader who liked it (5 stars)" in text and "Foundation" in text
-    assert "disliked" not in text
-    assert "<knowledge>" in text
+    chat = prompts.reason_chat("item", "books", BOOK)
+    assert "The book: Dune, category Science Fiction, author or publisher Frank Herbert." in text(chat)
+    assert "A reader who liked it (5 stars)" in text(chat) and "Foundation" in text(chat)
+    assert "disliked" not in text(chat)
+    assert "<knowledge>" in text(chat)
+
+
+def test_reflect_and_refine_continue_the_reason_conversation():
+    """What the three steps share comes first, word for word: a prefix cache computes it once per entity."""
+    reason = prompts.reason_chat("item", "books", BOOK)
+    reflect = prompts.reflect_chat("item", "books", BOOK, "a classic of science fiction")
+    refine = prompts.refine_chat("item", "books", BOOK, "a classic of science fiction", "say who liked it")
+    for chat in (reflect, refine):
+        assert chat[:2] == reason
+        assert chat[2] == {"role": "assistant", "content": "<knowledge>a classic of science fiction</knowledge>"}
+        assert [m["role"] for m in chat[3:]] == ["user"]
+    assert "<judgement>reasonable or not reasonable</judgement>" in reflect[-1]["content"]
+    assert "<reflection>say who liked it</reflection>" in refine[-1]["content"]
+    strict = prompts.reflect_chat("item", "books", BOOK, "a classic of science fiction", strict=True)
+    assert strict[:3] == reflect[:3]  # the strict retry changes only its last turn
 
 
 def test_construction_variant_shows_the_target_and_asks_for_a_verdict():
     target = {"item_id": "2", "title": "Heat", "release_year": 1995, "category": "Action"}
-    text = prompts.reason_prompt("user", "movies", USER, target=target)
-    assert "The target movie: Heat (1995), genre Action." in text and "<prediction>yes or no</prediction>" in text
-    refine = prompts.refine_prompt("user", "movies", USER, "likes cartoons", "too vague", target=target)
-    assert "<reflection>too vague</reflection>" in refine and "<prediction>" in refine
+    chat = prompts.reason_chat("user", "movies", USER, target=target)
+    assert "The target movie: Heat (1995), genre Action." in text(chat) and "<prediction>yes or no</prediction>" in text(chat)
+    refine = prompts.refine_chat("user", "movies", USER, "likes cartoons", "too vague", target=target)
+    assert "<reflection>too vague</reflection>" in text(refine) and "<prediction>" in refine[-1]["content"]
 
 
 def test_strict_variants_insist_on_the_tags():
-    assert "Start your reply with <judgement>." in prompts.reflect_prompt("user", "movies", USER, "x", strict=True)
-    assert "Start your reply with <refined>." in prompts.refine_prompt("item", "books", BOOK, "x", "y", strict=True)
+    assert "Start your reply with <judgement>." in text(prompts.reflect_chat("user", "movies", USER, "x", strict=True))
+    assert "Start your reply with <refined>." in text(prompts.refine_chat("item", "books", BOOK, "x", "y", strict=True))
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,7 @@ def test_readme_command(section, command, request, tiny_model):
         **os.environ,
         "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "R4EC_DATA_DIR": str(data_dir),
+        "R4EC_KNOWLEDGE__BACKEND": "transformers",  # the tiny random model; tests/test_llamacpp.py runs the engine
         "R4EC_KNOWLEDGE__MODEL": str(tiny_model),
         "R4EC_KNOWLEDGE__MAX_NEW_TOKENS": "8",
         "R4EC_KNOWLEDGE__DTYPE": "float32",

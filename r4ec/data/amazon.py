@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from r4ec.console import terminal
 from r4ec.data.schema import RATINGS
 from r4ec.data.tables import LoadSummary, Rejects, RowError, as_id, as_rating, numbered_lines, write_dataset
 
@@ -69,7 +70,9 @@ def _read_reviews(path: Path, staging: Path, rejects: Rejects) -> int:
             for values in columns.values():
                 values.clear()
 
-        for number, line in tqdm(numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2):
+        for number, line in tqdm(
+            numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2, file=terminal()
+        ):
             if not line.strip():
                 continue
             try:
@@ -131,7 +134,9 @@ def _book(record: dict) -> dict:
 def _read_meta(path: Path, keep: set[str], rejects: Rejects) -> list[dict]:
     """Metadata of the kept items only; the first line of an item that appears twice wins."""
     items: dict[str, dict] = {}
-    for number, line in tqdm(numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2):
+    for number, line in tqdm(
+        numbered_lines(path, rejects=rejects), desc=path.name, unit=" lines", mininterval=2, file=terminal()
+    ):
         if not line.strip():
             continue
         try:

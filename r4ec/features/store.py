@@ -16,6 +16,7 @@ import pandas as pd
 
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
+from r4ec.console import prints_to_log
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def materialize(settings: Settings) -> dict[str, int]:
             continue
         (start,) = duckdb.sql(f"select min(event_timestamp) from read_parquet({new!r})").fetchall()[0]
         log.info("materializing %s: %d new files, from %s", view.name, len(new), start)
-        store.materialize(start_date=start, end_date=datetime.now(UTC), feature_views=[view.name])
+        with prints_to_log("feast"):  # its coloured per-view lines; stdout holds r4ec's summary
+            store.materialize(start_date=start, end_date=datetime.now(UTC), feature_views=[view.name])
         state[view.name] = files
         state_path.write_text(json.dumps(state, indent=1))
         loaded[view.name] = len(new)

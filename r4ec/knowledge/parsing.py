@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from r4ec.knowledge.prompts import MAX_WORDS
+CLIP_WORDS = 200  # a kept answer is cut here (the prompts ask for MAX_WORDS = 150): the encoder reads ~256 tokens
 
 _VERDICT_WORDS = {"reasonable": True, "unreasonable": False}
 # Read only when no (un)reasonable gives a verdict: "the reasoning is not sound".
@@ -40,7 +40,7 @@ _ECHO = re.compile(
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
-def clip_words(text: str, limit: int = MAX_WORDS) -> str:
+def clip_words(text: str, limit: int = CLIP_WORDS) -> str:
     words = text.split()
     return text.strip() if len(words) <= limit else " ".join(words[:limit])
 

@@ -7,6 +7,11 @@ refine  (actor)      rewrites it, given its earlier answer and the feedback.
 The *inference* variant is what the platform runs. The *construction* variant also shows the target item and asks
 for a verdict (will the user like it?); it builds SFT data (Algorithm 1 of the paper).
 
+The three are one conversation: a shared system line, the facts and the task, the actor's answer; reflect and refine
+add one user turn each after it. What they share comes first, so an engine's prefix cache (llama.cpp's server)
+computes the facts once per entity rather than once per step. (The task before the facts would be shared by all
+entities too, but SmolLM2 then copied the format's placeholder, "your analysis", as its answer.)
+
 Answers are tagged sections, parsed by `parsing.py`. Change PROMPT_VERSION whenever a template changes: it is
 stored with every answer and is part of the cache key (through the prompt text).
 """
@@ -16,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PROMPT_VERSION = "r4ec-prompts-v1"
-MAX_WORDS = 200
+PROMPT_VERSION = "r4ec-prompts-v2"
+MAX_WORDS = 150  # an answer: about 200 tokens, inside the encoder's 256-token window (all-MiniLM-L6-v2)
+REFLECTION_WORDS = 80
 
 Entity = Literal["user", "item"]
 Role = Literal["reason", "reflect", "refine"]
+Chat = list[dict[str, str]]
 Domain = Literal["movies", "books"]
 
 ANSWER_TAG = {"user": "preference", "item": "knowledge"}
@@ -42,11 +49,7 @@ VOCABULARY: dict[str, Vocabulary] = {
     "books": Vocabulary("reader", "book", "books", "category", "author or publisher"),
 }
 
-SYSTEM = {
-    "reason": "You are a careful recommendation analyst. You only state what the data supports, briefly.",
-    "reflect": "You are a strict reviewer of recommendation analyses. You check every claim against the data.",
-    "refine": "You are a careful recommendation analyst who improves an analysis using a reviewer's feedback.",
-}
+SYSTEM = "You are a careful recommendation analyst. You only state what the data supports, briefly."
 
 
 def describe_item(row: dict, words: Vocabulary) -> str:
@@ -109,10 +112,15 @@ def _target(target: dict | None, words: Vocabulary) -> str:
     return f"\nThe target {words.thing}: {describe_item(target, words)}." if target else ""
 
 
-def reason_prompt(entity: Entity, domain: Domain, inputs: dict, target: dict | None = None, strict: bool = False) -> str:
+def reason_chat(entity: Entity, domain: Domain, inputs: dict, target: dict | None = None, strict: bool = False) -> Chat:
     """The actor's first answer; with `target`, the construction variant that also predicts a like."""
     words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
-    lines = [_facts(entity, inputs, words) + _target(target, words), "", _task(entity, words), f"Use at most {MAX_WORDS} words."]
+    lines = [
+        _facts(entity, inputs, words) + _target(target, words),
+        "",
+        _task(entity, words),
+        f"Use at most {MAX_WORDS} words.",
+    ]
     answer_format = f"<{tag}>your analysis</{tag}>"
     if target:
         lines.append(f"Then say whether the {words.person} will like the target {words.thing}.")
@@ -120,33 +128,38 @@ def reason_prompt(entity: Entity, domain: Domain, inputs: dict, target: dict | N
     lines += ["Answer in exactly this format:", answer_format]
     if strict:
         lines.append(f"Write nothing outside the tags. Start your reply with <{tag}>.")
-    return "\n".join(lines)
+    return [_message("system", SYSTEM), _message("user", "\n".join(lines))]
 
 
-def reflect_prompt(
+def _answered(entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None) -> Chat:
+    """The reason conversation with the actor's answer as its reply: the prefix reflect and refine share with it."""
+    tag = ANSWER_TAG[entity]
+    return reason_chat(entity, domain, inputs, target) + [_message("assistant", f"<{tag}>{answer}</{tag}>")]
+
+
+def reflect_chat(
     entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None = None, strict: bool = False
-) -> str:
-    """The reflector judges an answer against the same facts the actor saw."""
-    words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
+) -> Chat:
+    """The reflector judges the answer in the conversation that produced it: it sees the same facts and task."""
+    words = VOCABULARY[domain]
     lines = [
-        _facts(entity, inputs, words) + _target(target, words),
-        "",
-        f"An analyst wrote this about the {words.person if entity == 'user' else words.thing}:",
-        f"<{tag}>{answer}</{tag}>",
-        "",
-        "Is the analysis reasonable? It is reasonable only if every claim is supported by the ratings and facts "
-        "above, it is specific rather than generic, and it does not contradict them.",
-        f"If it is not reasonable, say what is wrong and how to fix it, in at most {MAX_WORDS} words.",
+        "Now review that answer strictly. It is reasonable only if every claim is supported by the ratings and "
+        "facts above, it is specific rather than generic, and it does not contradict them.",
+        f"If it is not reasonable, say what is wrong and how to fix it, in at most {REFLECTION_WORDS} words.",
+    ]
+    if target:
+        lines.append(f"Also check its prediction for the target {words.thing}.")
+    lines += [
         "Answer in exactly this format:",
         "<judgement>reasonable or not reasonable</judgement>",
         "<reflection>what is wrong and how to fix it, or 'none'</reflection>",
     ]
     if strict:
         lines.append("Write nothing outside the tags. Start your reply with <judgement>.")
-    return "\n".join(lines)
+    return _answered(entity, domain, inputs, answer, target) + [_message("user", "\n".join(lines))]
 
 
-def refine_prompt(
+def refine_chat(
     entity: Entity,
     domain: Domain,
     inputs: dict,
@@ -154,18 +167,12 @@ def refine_prompt(
     feedback: str,
     target: dict | None = None,
     strict: bool = False,
-) -> str:
-    """The actor rewrites its answer, given the reviewer's feedback."""
-    words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
+) -> Chat:
+    """The actor rewrites its answer, given the reviewer's feedback, in the conversation that produced it."""
+    words = VOCABULARY[domain]
     lines = [
-        _facts(entity, inputs, words) + _target(target, words),
-        "",
-        _task(entity, words),
-        "Your earlier answer was:",
-        f"<{tag}>{answer}</{tag}>",
-        "A reviewer judged it not reasonable and wrote:",
+        "A reviewer judged your answer not reasonable and wrote:",
         f"<reflection>{feedback}</reflection>",
-        "",
         f"Write an improved answer that fixes these problems, in at most {MAX_WORDS} words.",
     ]
     answer_format = "<refined>your improved analysis</refined>"
@@ -175,9 +182,8 @@ def refine_prompt(
     lines += ["Answer in exactly this format:", answer_format]
     if strict:
         lines.append("Write nothing outside the tags. Start your reply with <refined>.")
-    return "\n".join(lines)
+    return _answered(entity, domain, inputs, answer, target) + [_message("user", "\n".join(lines))]
 
 
-def messages(role: Role, prompt: str) -> list[dict[str, str]]:
-    """Chat messages for a backend: the role's system line and the prompt."""
-    return [{"role": "system", "content": SYSTEM[role]}, {"role": "user", "content": prompt}]
+def _message(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}

@@ -45,6 +45,8 @@ def summarize(rows: list[dict]) -> dict[str, object]:
         "tokens_out": sum(r["tokens_out"] for r in rows),
         "llm_calls": sum(r["llm_calls"] for r in rows),
         "generated_tokens": generated,
+        "prompt_tokens_computed": sum(r.get("prompt_tokens_computed") or 0 for r in rows),  # the rest: prefix cache
+        "replies_cut": sum(r.get("replies_cut") or 0 for r in rows),  # of llm_calls, stopped by max_new_tokens
         "generation_seconds": busy,
         "tokens_per_second": generated / busy if busy and generated else None,
     }
@@ -70,6 +72,10 @@ def _table(summary: dict) -> str:
     add("parse failures", ", ".join(f"{step}: {n}" for step, n in sorted(failures.items())) or "none")
     add("tokens in / out", f"{summary['tokens_in']:,} / {summary['tokens_out']:,}")
     add("LLM calls in the last run", f"{summary['llm_calls']:,}")
+    if summary["llm_calls"]:
+        add("prompt tokens computed / generated (last run)",
+            f"{summary['prompt_tokens_computed']:,} / {summary['generated_tokens']:,}")  # fmt: skip
+        add("replies cut by the length limit", f"{summary['replies_cut']:,} ({summary['replies_cut'] / summary['llm_calls']:.1%})")
     speed = summary["tokens_per_second"]
     add("generated tokens/s", f"{speed:.1f}" if speed else "n/a (all answers came from the cache)")
     return "\n".join(lines)

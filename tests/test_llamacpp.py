@@ -1,0 +1,97 @@
+"""llama.cpp's server as the knowledge engine: the real binary (built by scripts/setup.sh from the PyPI sdist) with
+the shipped SmolLM2 (re-quantized to F16 once), over real HTTP on loopback, and the knowledge job on it in Spark."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pyarrow.dataset as ds
+import pytest
+
+from r4ec.config import Settings
+from r4ec.knowledge import llamacpp, prompts
+from r4ec.knowledge.backends import SMOLLM2, BackendError, LlamaCppBackend, Request
+from r4ec.knowledge.job import generate_knowledge, loop_config
+from r4ec.knowledge.parsing import parse_judgement
+from r4ec.layout import MANIFEST
+from r4ec.layout import knowledge_dir as output_dir
+
+pytestmark = pytest.mark.integration
+
+USER = {"user_id": "7", "age": 24, "gender": "M", "occupation": "technician",
+        "history": [{"item_id": str(n), "title": title, "release_year": year, "category": genre, "rating": rating}
+                    for n, (title, year, genre, rating) in enumerate([
+                        ("Toy Story", 1995, "Animation", 5.0), ("Heat", 1995, "Crime", 2.0),
+                        ("Babe", 1995, "Children's", 4.0), ("Casino", 1995, "Drama", 1.0)])]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    model = llamacpp.model_file(SMOLLM2, "auto", models)
+    with llamacpp.LlamaServer(model, models / "server.log", slots=4, context_per_slot=2048) as running:
+        yield running
+
+
+def backend_of(server) -> LlamaCppBackend:
+    return LlamaCppBackend(server.base_url, server.model.name, concurrency=4, identity="test", context=2048)
+
+
+def test_greedy_answers_are_reproducible_and_alike_alone_or_together(server):
+    cfg = loop_config(Settings(), "user").reason_generation()
+    others = [{**USER, "history": USER["history"][n:]} for n in range(1, 4)]
+    ask = Request.chat(prompts.reason_chat("user", "movies", USER))
+    (alone,) = backend_of(server).generate([ask], cfg)
+    together = backend_of(server).generate([Request.chat(prompts.reason_chat("user", "movies", o)) for o in others] + [ask], cfg)
+    assert alone.text.startswith("<preference>") and alone.tokens_out > 0
+    assert together[-1].text == alone.text  # slots decode side by side without changing a greedy answer
+    assert len({g.text for g in together}) == 4
+
+
+def test_reflect_reuses_the_reason_prefix_and_always_gives_a_verdict(server):
+    settings = Settings()
+    cfg = loop_config(settings, "user")
+    backend = backend_of(server)
+    (reason,) = backend.generate([Request.chat(prompts.reason_chat("user", "movies", USER))], cfg.reason_generation())
+    (reflect,) = backend.generate(
+        [Request.chat(prompts.reflect_chat("user", "movies", USER, reason.text.removeprefix("<preference>")))],
+        cfg.reflect_generation(),
+    )
+    # the system line, facts and task are not computed again: the slot's cache held them
+    assert reflect.tokens_reused >= reason.tokens_in - 5 and reflect.tokens_in > reason.tokens_in
+    reasonable, feedback = parse_judgement(reflect.text)
+    assert reasonable is not None and feedback  # the grammar holds the reply to a verdict and a reflection
+
+
+def test_a_model_file_the_server_cannot_load_is_one_clear_error(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF not really")
+    with pytest.raises(BackendError, match=r"llama-server exited .* \(log: .*broken\.log\)"):
+        llamacpp.LlamaServer(broken, tmp_path / "broken.log", slots=1).start()
+
+
+def test_the_job_on_llama_cpp_writes_parts_resumes_and_reports_progress(ml1m, tmp_path, caplog):
+    shutil.copytree(ml1m.marts_dir, tmp_path / "marts" / "ml-1m")
+    knowledge = {"backend": "llama.cpp", "limit": 4, "partition_size": 2, "max_new_tokens": 24, "slots": 4,
+                 "spark_master": "local[2]", "progress_interval_s": 0.5}  # fmt: skip
+    settings = Settings(data_dir=tmp_path, dataset="ml-1m", knowledge=knowledge)
+    caplog.set_level(logging.INFO, logger="r4ec")
+    first = generate_knowledge(settings, "user")
+    rows = ds.dataset(output_dir(settings, "user"), format="parquet").to_table().to_pylist()
+    assert (first.entities, first.parts_run, len(rows)) == (4, 2, 4)
+    manifest = json.loads((output_dir(settings, "user") / MANIFEST).read_text())
+    assert manifest["engine"].startswith("llama.cpp-") and manifest["engine"].endswith(" F16")
+    for row in rows:
+        assert row["model"] == llamacpp.model_identity(SMOLLM2, "auto") and row["llm_calls"] >= 2
+        assert all(j is not None for j in row["judgements"])
+        assert 0 < row["prompt_tokens_computed"] < row["tokens_in"]  # reflect and refine reused the reason prefix
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("user_knowledge: ")]
+    assert any("generated tokens at" in line for line in lines), lines
+    assert not (output_dir(settings, "user") / "_progress").exists()
+
+    (output_dir(settings, "user") / "part-00001.parquet").unlink()  # as if killed before its last part
+    again = generate_knowledge(settings, "user")
+    assert (again.parts_run, again.llm_calls) == (1, 0)  # the lost part's answers come from the answer cache
+    assert generate_knowledge(settings, "user").parts_run == 0

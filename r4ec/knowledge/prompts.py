@@ -65,9 +65,11 @@ def describe_item(row: dict, words: Vocabulary) -> str:
 
 
 def describe_history(history: list[dict], words: Vocabulary) -> str:
+    """One line each, not indented: llama.cpp and transformers split an indent after a newline into different
+    tokens, and the two engines should read the same prompt."""
     if not history:
-        return "  (none)"
-    return "\n".join(f"  {n}. {describe_item(h, words)}: {h['rating']:g} stars" for n, h in enumerate(history, 1))
+        return "(none)"
+    return "\n".join(f"{n}. {describe_item(h, words)}: {h['rating']:g} stars" for n, h in enumerate(history, 1))
 
 
 def describe_user(inputs: dict, words: Vocabulary) -> str:

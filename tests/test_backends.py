@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import shutil
 
 import pytest
 
@@ -191,3 +192,31 @@ def test_auto_dtype_follows_the_cpu_it_runs_on(tiny_model):
     assert resolve_dtype("float16", "cpu") == "float16"  # a dtype asked for is a dtype given
     backend = TransformersBackend(str(tiny_model), dtype="auto")
     assert backend.model.dtype == getattr(torch, expected) and backend.model_id.endswith(f":{expected}")
+
+
+def test_another_reflector_model_judges_and_is_named_in_the_rows(tiny_model, tmp_path):
+    """--reflector-model: reflect steps go to the reflector's backend, reason and refine to the actor's."""
+    from r4ec.knowledge.job import _worker_backend
+
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny_model, judge)
+    (judge / "generation_config.json").write_text('{"note": "another model"}')  # other files: another identity
+    settings = Settings(
+        data_dir=tmp_path,
+        knowledge={"backend": "transformers", "model": str(tiny_model), "reflector_model": str(judge),
+                   "dtype": "float32", "max_new_tokens": 6, "prefill": False},
+    )  # fmt: skip
+    actor = _worker_backend(settings, 1, "actor", None)
+    reflector = _worker_backend(settings, 1, "reflector", None)
+    assert actor.model_id != reflector.model_id and "judge@sha256:" in reflector.model_id
+    judging: dict[str, list[bool]] = {"actor": [], "reflector": []}  # per request: is it a reflect step?
+    for name, backend in (("actor", actor), ("reflector", reflector)):
+        generate = backend.generate
+        backend.generate = lambda requests, config, on_result=None, name=name, generate=generate: (
+            judging[name].extend("<judgement>" in r.messages[-1][1] for r in requests)
+            or generate(requests, config, on_result)
+        )
+    user = {"user_id": "1", "history": [{"item_id": "1", "title": "Heat", "category": "Action", "rating": 4.0}]}
+    run_loop(actor, [user], loop_config(settings, "user"), reflector)
+    assert judging["reflector"] and all(judging["reflector"])
+    assert judging["actor"] and not any(judging["actor"])

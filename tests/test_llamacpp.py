@@ -82,7 +82,7 @@ def test_the_job_on_llama_cpp_writes_parts_resumes_and_reports_progress(ml1m, tm
     rows = ds.dataset(output_dir(settings, "user"), format="parquet").to_table().to_pylist()
     assert (first.entities, first.parts_run, len(rows)) == (4, 2, 4)
     manifest = json.loads((output_dir(settings, "user") / MANIFEST).read_text())
-    assert manifest["engine"].startswith("llama.cpp-") and manifest["engine"].endswith(" F16")
+    assert manifest["engine"].startswith("llama.cpp@sha256:") and manifest["engine"].endswith(" F16")
     for row in rows:
         assert row["model"] == llamacpp.model_identity(SMOLLM2, "auto") and row["llm_calls"] >= 2
         assert all(j is not None for j in row["judgements"])

@@ -59,6 +59,7 @@ def output_schema(entity: str) -> pa.Schema:
             pa.field("rounds_used", pa.int32()),  # refinements made
             pa.field("strategy", pa.string()),
             pa.field("model", pa.string()),
+            pa.field("reflector_model", pa.string()),  # the model that judged, where it is not the actor's
             pa.field("actor_adapter", pa.string()),
             pa.field("reflector_adapter", pa.string()),
             pa.field("prompt_version", pa.string()),
@@ -97,7 +98,7 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
         "samples": k.samples, "backend": k.backend, "model": model_identity(k.model),
         "reflector_model": model_identity(k.reflector_model) if k.reflector_model else None,
-        "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else k.dtype,
+        "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else None if k.backend == "llama.cpp" else k.dtype,
         "engine": _engine(settings),
         "server": k.openai_base_url if k.backend == "openai" else None,
         "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
@@ -237,7 +238,8 @@ def run_part(spec: dict) -> dict:
         chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg, reflector, progress, _pipelines(settings, engines))
     seconds = time.perf_counter() - started
     log.info("%s knowledge part %d: %s", entity, part, progress.line())
-    shared = {**_run_columns(settings, cfg, backend.model_id), "part": part, "part_seconds": seconds,
+    judge = reflector.model_id if reflector is not backend else None
+    shared = {**_run_columns(settings, cfg, backend.model_id), "reflector_model": judge, "part": part, "part_seconds": seconds,
               "generated_at": datetime.now(UTC)}  # fmt: skip
     records = [{**_record(c, entity), **shared} for c in chains]
     schema = output_schema(entity).with_metadata({STAMP: spec["stamp"].encode()})

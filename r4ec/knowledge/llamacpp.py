@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -37,11 +36,10 @@ def binary(name: str) -> Path:
 
 
 def engine_identity() -> str:
-    """`llama.cpp-<build>@<sdist sha256>`: the engine's own version and the source it was built from."""
+    """`llama.cpp@<sdist sha256>+<build key>`: the source it was built from and how (flags, CPU), from BUILD.json."""
     binary("llama-server")
     info = json.loads((install_dir() / "BUILD.json").read_text())
-    commit = re.search(r"commit (\w+)", info["llama_cpp_build"])
-    return f"llama.cpp-{commit.group(1) if commit else info['llama_cpp_build']}@sha256:{info['sdist_sha256'][:16]}"
+    return f"llama.cpp@sha256:{info['sdist_sha256'][:16]}+{fingerprint.of_json(info['key']).removeprefix('sha256:')[:8]}"
 
 
 def quantized(source: Path, quantization: str, models_dir: Path) -> Path:

@@ -168,17 +168,22 @@ def serving(settings, log_dir: Path):
     if k.actor_adapter or k.reflector_adapter:
         raise BackendError("the llama.cpp backend does not load LoRA adapters yet: use --backend transformers")
 
+    models = {"actor": k.model, "reflector": k.reflector_model or k.model}
+    # two servers busy at once (entities are pipelined) share the cores: ggml's threads spin while they wait, and
+    # two servers with a thread per core each decoded Qwen at 0.4 tokens/s per sequence
+    threads = max(1, (os.cpu_count() or 1) // len(set(models.values())))
+
     @contextlib.contextmanager
     def servers():
         with contextlib.ExitStack() as stack:
             engines = {}
-            for role, model in (("actor", k.model), ("reflector", k.reflector_model or k.model)):
+            for role, model in models.items():
                 if role == "reflector" and model == k.model:
                     engines[role] = engines["actor"]
                     continue
                 path = model_file(model, k.quantization, settings.models_dir)
                 server = stack.enter_context(
-                    LlamaServer(path, log_dir / f"llama-server-{role}.log", k.slots, k.context_per_slot)
+                    LlamaServer(path, log_dir / f"llama-server-{role}.log", k.slots, k.context_per_slot, threads)
                 )
                 engines[role] = {"url": server.base_url, "model": path.name, "slots": k.slots, "context": k.context_per_slot,
                                  "identity": model_identity(model, k.quantization)}  # fmt: skip

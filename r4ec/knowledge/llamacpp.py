@@ -23,7 +23,6 @@ from r4ec.knowledge.backends import BackendError
 log = logging.getLogger(__name__)
 
 
-
 def install_dir() -> Path:
     return Path(os.environ.get("R4EC_LLAMA_CPP") or Path(sys.prefix) / "llama.cpp")
 

@@ -105,7 +105,8 @@ def engine_alone(settings: Settings, chats: list[list[dict]], scratch: Path) -> 
         seconds = time.perf_counter() - started
     prompt = sum(g.tokens_in for g in out)
     texts = [g.text for g in out]
-    return prompt, prompt - sum(g.tokens_reused for g in out), sum(g.tokens_out for g in out), seconds, model, texts
+    computed = sum(g.prompt_tokens_computed for g in out)
+    return prompt, computed, sum(g.tokens_out for g in out), seconds, model, texts
 
 
 def agreement(plain: dict[str, str], engine: list[str], settings: Settings, chats: list[list[dict]]) -> str:

@@ -66,6 +66,10 @@ class Generation:
     cached: bool = False  # read from the answer cache: nothing was computed
     tokens_reused: int = 0  # of tokens_in, those the engine's prefix cache held: not computed again
 
+    @property
+    def prompt_tokens_computed(self) -> int:
+        return self.tokens_in - self.tokens_reused
+
 
 OnResult = Callable[[Generation], None]  # told of each generation as it finishes (progress)
 

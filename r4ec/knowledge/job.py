@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
+from r4ec.console import FORMAT
 from r4ec.data.tables import write_parquet
 from r4ec.knowledge import llamacpp
 from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend
@@ -180,7 +181,7 @@ def _log_to_stderr() -> None:
     logger = logging.getLogger("r4ec")
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 

@@ -137,7 +137,7 @@ def _ask(
             if not generation.cached:
                 chain.llm_calls += 1
                 chain.generated_tokens += generation.tokens_out
-                chain.computed_prompt_tokens += generation.tokens_in - generation.tokens_reused
+                chain.computed_prompt_tokens += generation.prompt_tokens_computed
                 chain.replies_cut += generation.tokens_out >= config.max_new_tokens
             parsed = parse(generation.text)
             results[i] = (parsed, generation.text)

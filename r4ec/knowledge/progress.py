@@ -1,8 +1,8 @@
 """What a running knowledge part has done: step, requests, tokens, rate and ETA, every `interval_s`.
 
-A Spark task writes it to `_progress/part-NNNNN.json` beside the parts (`share`: answered requests over the most
-the part can ask, retries aside) (the driver reads those to print one line
-for the whole job) and logs the same line to its own stderr, which is the Spark task log.
+A Spark task writes it to `_progress/part-NNNNN.json` beside the parts, where the driver reads it to print one line
+for the whole job (`share`: answered requests over the most the part can ask, retries aside), and logs the same
+line to its own stderr, which is the Spark task log.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class PartProgress:
             self.answered[step] += 1
             if not generation.cached:
                 self.llm_calls += 1
-                self.prompt_tokens += generation.tokens_in - generation.tokens_reused
+                self.prompt_tokens += generation.prompt_tokens_computed
                 self.generated_tokens += generation.tokens_out
 
     def snapshot(self) -> dict:

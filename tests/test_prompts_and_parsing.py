@@ -23,7 +23,8 @@ def test_user_prompt_spells_out_the_history():
     assert [m["role"] for m in chat] == ["system", "user"]
     assert "A viewer (age 24, M, technician)" in text(chat)
     assert "1. Toy Story (1995), genre Animation: 5 stars" in text(chat)
-    assert "<preference>your analysis</preference>" in text(chat) and f"{prompts.MAX_WORDS} words" in text(chat)
+    assert f"at most {prompts.MAX_WORDS} words" in text(chat)
+    assert "<" not in text(chat)  # no answer template for a small model to copy: the engine prefills the tag
     assert "target" not in text(chat)  # the inference variant never shows a target item
 
 
@@ -32,7 +33,7 @@ def test_book_item_prompt_names_author_and_only_the_examples_it_has():
     assert "The book: Dune, category Science Fiction, author or publisher Frank Herbert." in text(chat)
     assert "A reader who liked it (5 stars)" in text(chat) and "Foundation" in text(chat)
     assert "disliked" not in text(chat)
-    assert "<knowledge>" in text(chat)
+    assert "<knowledge>" in text(prompts.reason_chat("item", "books", BOOK, strict=True))
 
 
 def test_reflect_and_refine_continue_the_reason_conversation():
@@ -46,6 +47,7 @@ def test_reflect_and_refine_continue_the_reason_conversation():
         assert [m["role"] for m in chat[3:]] == ["user"]
     assert "<judgement>reasonable or not reasonable</judgement>" in reflect[-1]["content"]
     assert "<reflection>say who liked it</reflection>" in refine[-1]["content"]
+    assert "Describe again the facts about this book" in refine[-1]["content"]  # the task, not "an improved answer"
     strict = prompts.reflect_chat("item", "books", BOOK, "a classic of science fiction", strict=True)
     assert strict[:3] == reflect[:3]  # the strict retry changes only its last turn
 
@@ -53,14 +55,16 @@ def test_reflect_and_refine_continue_the_reason_conversation():
 def test_construction_variant_shows_the_target_and_asks_for_a_verdict():
     target = {"item_id": "2", "title": "Heat", "release_year": 1995, "category": "Action"}
     chat = prompts.reason_chat("user", "movies", USER, target=target)
-    assert "The target movie: Heat (1995), genre Action." in text(chat) and "<prediction>yes or no</prediction>" in text(chat)
+    assert "The target movie: Heat (1995), genre Action." in text(chat)
+    assert "<preference>...</preference>\n<prediction>yes or no</prediction>" in text(chat)  # two sections: shown
     refine = prompts.refine_chat("user", "movies", USER, "likes cartoons", "too vague", target=target)
     assert "<reflection>too vague</reflection>" in text(refine) and "<prediction>" in refine[-1]["content"]
 
 
 def test_strict_variants_insist_on_the_tags():
     assert "Start your reply with <judgement>." in text(prompts.reflect_chat("user", "movies", USER, "x", strict=True))
-    assert "Start your reply with <refined>." in text(prompts.refine_chat("item", "books", BOOK, "x", "y", strict=True))
+    assert "between <refined> and </refined>" in text(prompts.refine_chat("item", "books", BOOK, "x", "y", strict=True))
+    assert "between <preference> and </preference>" in text(prompts.reason_chat("user", "movies", USER, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -70,6 +74,8 @@ def test_strict_variants_insist_on_the_tags():
         ("Sure! <Preference>\n likes cartoons \n</Preference> done", "likes cartoons"),
         ("<preference>no closing tag", "no closing tag"),
         ("<preference>cut by the next <reflection>x</reflection>", "cut by the next"),
+        ("<preference>closed by another tag</pre> and more", "closed by another tag"),
+        ("<preference>stopped at </", "stopped at"),
         ("<preference></preference>", None),
         ("no tags at all", None),
     ],

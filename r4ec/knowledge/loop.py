@@ -28,6 +28,9 @@ STRATEGIES: tuple[Strategy, ...] = ("single", "iterative", "filter")
 GENERIC_FEEDBACK = "Ground every claim in the ratings and facts given, and be specific."
 # After the prefilled "<judgement>", an engine that takes a grammar (llama.cpp) is held to a verdict and a bounded
 # reflection: SmolLM2 wrote prose instead of a verdict in 18 of 20 reflections without it, and none with it.
+# An answer ends at the first closing tag, whichever: SmolLM2 often closes "<preference>" as "</pre>" and ran on to
+# the token limit (64 users: replies cut 26 -> 11, generated tokens per reply 175 -> 111).
+ANY_CLOSING_TAG = "</"
 VERDICT_GRAMMAR = 'root ::= ("reasonable" | "not reasonable") "</judgement>\\n<reflection>" [^<]{1,600} "</reflection>"'
 
 
@@ -44,9 +47,9 @@ class LoopConfig:
     sampling_temperature: float = 0.8  # the filter strategy's k answers
     prefill: bool = True  # start each reply with its opening tag and stop at its closing tag
 
-    def _step(self, opening: str, closing: str, temperature: float | None = None) -> GenerationConfig:
+    def _step(self, opening: str, stop: str = ANY_CLOSING_TAG, temperature: float | None = None) -> GenerationConfig:
         config = self.generation if temperature is None else replace(self.generation, temperature=temperature)
-        return replace(config, prefix=f"<{opening}>", stop=(f"</{closing}>",)) if self.prefill else config
+        return replace(config, prefix=f"<{opening}>", stop=(stop,)) if self.prefill else config
 
     def steps(self) -> int:
         """The LLM steps a batch goes through at most, strict retries aside."""
@@ -54,14 +57,14 @@ class LoopConfig:
 
     def reason_generation(self) -> GenerationConfig:
         tag = prompts.ANSWER_TAG[self.entity]
-        return self._step(tag, tag, self.sampling_temperature if self.strategy == "filter" else None)
+        return self._step(tag, temperature=self.sampling_temperature if self.strategy == "filter" else None)
 
     def reflect_generation(self) -> GenerationConfig:
-        config = self._step("judgement", "reflection")
+        config = self._step("judgement", "</reflection>")
         return replace(config, grammar=VERDICT_GRAMMAR) if self.prefill else config
 
     def refine_generation(self) -> GenerationConfig:
-        return self._step("refined", "refined")
+        return self._step("refined")
 
 
 @dataclass

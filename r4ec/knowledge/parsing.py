@@ -1,6 +1,7 @@
 """Read tagged answers from models that do not always follow the format.
 
-A section is the text after `<tag>` up to `</tag>`, the next opening tag, or the end of the reply: small models
+A section is the text after `<tag>` up to a closing tag (any: "</pre>" closes "<preference>" for SmolLM2, and
+replies stop at the first "</"), the next opening tag, or the end of the reply: small models
 often forget closing tags. Tags match case-insensitively and `judgment` counts as `judgement`.
 """
 
@@ -48,7 +49,7 @@ def clip_words(text: str, limit: int = CLIP_WORDS) -> str:
 def section(reply: str, tag: str) -> str | None:
     """The text of `<tag>`, or None when the tag is absent or empty."""
     names = "judge?ment" if tag == "judgement" else re.escape(tag)
-    match = re.search(rf"<\s*(?:{names})\s*>(.*?)(?:<\s*/\s*(?:{names})\s*>|<\s*[a-z]+\s*>|$)", reply, re.I | re.S)
+    match = re.search(rf"<\s*(?:{names})\s*>(.*?)(?:<\s*/|<\s*[a-z]+\s*>|$)", reply, re.I | re.S)
     if match is None:
         return None
     text = match.group(1).strip()

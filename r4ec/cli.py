@@ -188,6 +188,39 @@ def cmd_train(args: argparse.Namespace) -> None:
     print("table of every finished run: .venv/bin/r4ec report")
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from r4ec.ranking.runs import publish
+
+    record = publish(_settings(args), args.run)
+    replaced = f", replacing {record['replaced']}" if record["replaced"] else ""
+    print(f"published {record['run']} (valid AUC {record['valid_auc']:.4f}, feature service {record['feature_service']})"
+          f"{replaced}")  # fmt: skip
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import torch
+
+    from r4ec.serving.app import serve
+
+    torch.set_num_threads(args.threads)
+    print(f"r4ec ranking service on http://{args.host}:{args.port} (POST /rank, GET /health /ready /metrics)")
+    serve(_settings(args), args.host, args.port, args.poll)
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    from r4ec.serving.app import ServingState
+
+    state = ServingState(_settings(args))
+    state.load()
+    ranked = state.ranker.rank(args.user, list(dict.fromkeys(args.items)), args.top_k)
+    run = state.ranker.run
+    cold = " (cold: not in the online store)" if ranked.user_cold else ""
+    print(f"user {args.user}{cold}, run {run.name}, feature service {run.feature_service}")
+    for n, item in enumerate(ranked.items, start=1):
+        flags = ", cold" if item["cold"] else ""
+        print(f"{n:4d}. {item['item_id']:<12} {item['score']:.6f}{flags}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from r4ec.ranking.report import write_report
 
@@ -438,6 +471,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--output-dir", type=Path, help="default: DATA_DIR/reports/DATASET")
 
+    publish = command(
+        stages,
+        "publish",
+        cmd_publish,
+        "Make a finished training run the one the ranking service serves (default: the best validation AUC of the "
+        "dataset's runs); the service picks it up within seconds. Every publish is recorded.",
+    )
+    publish.add_argument("run", nargs="?", help="a run folder's name, e.g. din-none-mlp-seed1")
+    serve = command(
+        stages,
+        "serve",
+        cmd_serve,
+        "Serve the published run over HTTP: POST /rank scores a user's candidates from the Feast online store; "
+        "GET /health, /ready, /metrics (Prometheus).",
+        logged=False,  # a server: its log lines are what its user watches
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument("--poll", type=float, default=1.0, help="seconds between checks for a publish or a "
+                       "materialize (default: 1)")  # fmt: skip
+    serve.add_argument("--threads", type=int, default=1, help="torch threads for the forward pass; one request is "
+                       "scored at a time and the models are small (default: 1)")  # fmt: skip
+    rank = command(stages, "rank", cmd_rank, "Rank candidate items for a user with the published run, as POST "
+                   "/rank would, from the command line.")  # fmt: skip
+    rank.add_argument("--user", required=True)
+    rank.add_argument("--items", nargs="+", required=True)
+    rank.add_argument("--top-k", type=int, help="only the best K")
+
     demo = command(
         stages,
         "demo",
@@ -499,8 +560,10 @@ def _run(args: argparse.Namespace) -> int:
     from r4ec.local_models import ModelFilesError
     from r4ec.marts import MartsError
     from r4ec.ranking import RankingError
+    from r4ec.serving import ServingError
 
-    errors = (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError, ModelFilesError)
+    errors = (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError,
+              ModelFilesError, ServingError)  # fmt: skip
     try:
         args.func(args)
     except errors as error:

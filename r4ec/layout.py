@@ -8,6 +8,7 @@ asks here instead of assembling another stage's folder names.
     DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge_vectors/   their vectors, one part per knowledge part
     DATA_DIR/training/DATASET/<service>.parquet                    point-in-time training sets from Feast
     DATA_DIR/models/artifacts/DATASET/<training run>/              trained CTR models
+    DATA_DIR/models/artifacts/DATASET/PUBLISHED.json               the run that serves (+ publish_history.jsonl)
 
 A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
 (`iterative-sample20`); its Feast service is the same name with an underscore (`iterative_sample20`), so a sampled
@@ -94,6 +95,14 @@ def prompt_inputs_path(settings: Settings, entity: str) -> Path:
 def training_set_path(settings: Settings, service: str) -> Path:
     """One file per feature service; a sampled run's service name already says so."""
     return settings.training_dir / f"{service}.parquet"
+
+
+def published_path(settings: Settings) -> Path:
+    return settings.artifacts_dir / "PUBLISHED.json"
+
+
+def publish_history_path(settings: Settings) -> Path:
+    return settings.artifacts_dir / "publish_history.jsonl"
 
 
 def vector_cache_path(settings: Settings) -> Path:

@@ -30,6 +30,10 @@ EXCLUDED = {
     "bash scripts/test.sh": "the CI runs it, and it runs this module",
     ".venv/bin/r4ec data load --dataset ml-1m --source-path ~/data/ml-1m": "needs the user's ml-1m files; the ml-1m "
     "loader is tested on files in that format by tests/test_data_sources.py",
+    ".venv/bin/r4ec serve --port 8000": "a server that runs until stopped; tests/test_serving.py starts it on a free "
+    "port and sends real requests",
+    """curl -s localhost:8000/rank -d '{"user_id": "1", "item_ids": ["1", "50", "100"], "top_k": 2}'""": "needs the "
+    "server above; tests/test_serving.py sends /rank requests to a running one",
     ".venv/bin/r4ec marts build --dataset ml-1m": "needs the ml-1m load above; dbt on ml-1m-format data is tested by "
     "tests/test_marts.py (the ml1m fixture)",
 }

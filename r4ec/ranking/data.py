@@ -53,6 +53,13 @@ class Vocab:
             size += len(values[field]) + 1
         return cls(values, offsets, size)
 
+    def as_dict(self) -> dict:
+        return {"values": self.values, "offsets": self.offsets, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Vocab:
+        return cls(saved["values"], saved["offsets"], saved["size"])
+
     def encode(self, field: str, column) -> np.ndarray:
         """Shared-space ids of a column's values: 0 for missing, the field's 'unknown' for unseen values."""
         lookup = self.values[field]
@@ -100,24 +107,31 @@ def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.nd
     return out
 
 
-def _vectors(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """list<float> column -> ([rows, D] float32, [rows] bool present); a missing vector is zeros, and not present."""
+def _vectors(table: pa.Table, name: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """list<float> column -> ([rows, D] float32, [rows] bool present); a missing vector is zeros, and not present.
+    `width`: D when known (scoring), so that rows without any vector are no error."""
     column = table.column(name).combine_chunks()
     valid = column.is_valid().to_numpy(zero_copy_only=False)
-    if not valid.any():
+    if not valid.any() and width is None:
         raise RankingError(f"no sample of the training set has a {name}: was that knowledge run encoded?")
     flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32)
-    width = len(flat) // max(int(valid.sum()), 1)
+    width = width or len(flat) // max(int(valid.sum()), 1)
+    if len(flat) != width * int(valid.sum()):
+        raise RankingError(f"{name}: vectors of {len(flat) / max(int(valid.sum()), 1):g} values, the model takes {width}")
     out = np.zeros((len(column), width), np.float32)
     out[valid] = flat.reshape(-1, width)
     return out, valid
 
 
-def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tuple[str, ...] = ()) -> Tensors:
-    """The table as tensors with histories `history_length` wide. A longer history means the training set was built
-    with a larger K than the model's: that is an error, not a cut (the model would silently see less than the
-    marts hold)."""
-    fields = np.stack([vocab.encode(field, table.column(field)) for field in FIELDS], axis=1)
+def _labels(table: pa.Table) -> np.ndarray:
+    """The labels; zeros where the table has none (candidates to score)."""
+    if "label" not in table.column_names:
+        return np.zeros(table.num_rows, np.float32)
+    return table.column("label").to_numpy().astype(np.float32)
+
+
+def _history(table: pa.Table, vocab: Vocab, history_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([rows, K, 3] ids, [rows, K] ratings, [rows, K] mask) of the history columns."""
     lengths = pc.list_value_length(table.column("history_item_ids")).fill_null(0).to_numpy()
     if len(lengths) and lengths.max() > history_length:
         raise RankingError(
@@ -133,14 +147,28 @@ def to_tensors(table: pa.Table, vocab: Vocab, history_length: int, knowledge: tu
         axis=2,
     )
     ratings = pc.list_flatten(table.column("history_ratings")).to_numpy(zero_copy_only=False).astype(np.float32)
-    history_ratings = _padded(ratings, lengths, history_length, np.float32)
     mask = np.arange(history_length)[None, :] < np.minimum(lengths, history_length)[:, None]
+    return history, _padded(ratings, lengths, history_length, np.float32), mask
+
+
+def to_tensors(
+    table: pa.Table, vocab: Vocab, history_length: int, knowledge: tuple[str, ...] = (), knowledge_dim: int | None = None,
+    one_user: bool = False,
+) -> Tensors:
+    """The table as tensors with histories `history_length` wide. A longer history means the training set was built
+    with a larger K than the model's: that is an error, not a cut (the model would silently see less than the
+    marts hold). `knowledge_dim`: the vectors' width where a table may have none (a ranking request). `one_user`:
+    every row is the same user's (a ranking request), so the history is encoded once and repeated."""
+    fields = np.stack([vocab.encode(field, table.column(field)) for field in FIELDS], axis=1)
+    history, history_ratings, mask = _history(table.slice(0, 1) if one_user else table, vocab, history_length)
+    if one_user:
+        history, history_ratings, mask = (np.repeat(a, table.num_rows, axis=0) for a in (history, history_ratings, mask))
     vectors = present = None
     if knowledge:
-        found = [_vectors(table, c) for c in knowledge]
+        found = [_vectors(table, c, knowledge_dim) for c in knowledge]
         vectors = torch.from_numpy(np.stack([v for v, _ in found], axis=1))  # [rows, N, D]
         present = torch.from_numpy(np.stack([p for _, p in found], axis=1))  # [rows, N]
     return Tensors(
         torch.from_numpy(fields), torch.from_numpy(history), torch.from_numpy(history_ratings), torch.from_numpy(mask),
-        vectors, torch.from_numpy(table.column("label").to_numpy().astype(np.float32)), present,
+        vectors, torch.from_numpy(_labels(table)), present,
     )  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
+from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.layout import BASE_SERVICE, KnowledgeRun
 from r4ec.ranking import RankingError
@@ -111,6 +112,8 @@ class Result:
     seconds: float = 0.0
     samples_per_second: float = 0.0
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> rows, positives
+    vocab: Vocab | None = None  # what scoring needs besides the weights: the ids the model was trained on
+    knowledge_dim: int = 0
 
 
 def split(table: pa.Table, name: str) -> pa.Table:
@@ -200,19 +203,26 @@ def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
     seconds = time.perf_counter() - started
     model.load_state_dict(best_state)
     result = Result(config, best_epoch, evaluate(model, tensors["valid"]), evaluate(model, tensors["test"]), history,
-                    seconds, seen / seconds, sizes)  # fmt: skip
+                    seconds, seen / seconds, sizes, vocab, knowledge_dim)  # fmt: skip
     return model, result
 
 
+RUN_FILES = ("model.pt", "vocab.json")  # besides config.json: what scoring loads, named by content in config.json
+
+
 def save(model: nn.Module, result: Result, directory: Path, **about: object) -> Path:
-    """Weights, configuration (plus `about`, e.g. the training set) and metrics of a run; returns the run folder.
-    metrics.json is written last: a run folder that has it is complete."""
+    """A self-contained run: weights, vocabulary, configuration (plus `about`, e.g. the training set, and the content
+    hashes of the weights and vocabulary) and metrics; returns the run folder. metrics.json is written last: a run
+    folder that has it is complete."""
     c = result.config
     run = directory / c.run_name
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.json").unlink(missing_ok=True)
     torch.save(model.state_dict(), run / "model.pt")
-    config = {**asdict(c), "learning_rate": c.lr, "feature_service": c.service, **about}
+    (run / "vocab.json").write_text(json.dumps(result.vocab.as_dict() if result.vocab else None))
+    files = {name: fingerprint.of_file(run / name) for name in RUN_FILES}
+    config = {**asdict(c), "learning_rate": c.lr, "feature_service": c.service, "knowledge_dim": result.knowledge_dim,
+              "files": files, **about}  # fmt: skip
     (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
     metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test, "epochs": result.history,
                "splits": result.splits, "seconds": result.seconds,

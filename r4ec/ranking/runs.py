@@ -1,0 +1,129 @@
+"""Finished training runs as scoring needs them: the model rebuilt from its folder alone, its files checked against the
+content hashes the run recorded, and the choice and recording of the run that serves (`publish`).
+
+A run folder (r4ec.ranking.train.save) holds model.pt, vocab.json, config.json (the TrainConfig, the feature service,
+the knowledge run, the training set's fingerprint, the files' hashes) and metrics.json, written last.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+from r4ec import fingerprint, layout
+from r4ec.config import Settings
+from r4ec.ranking import RankingError
+
+
+@dataclass
+class SavedRun:
+    """A run loaded for scoring: the model in eval mode, its vocabulary, and what it was trained on."""
+
+    path: Path
+    config: dict
+    model: object  # torch.nn.Module
+    vocab: object  # r4ec.ranking.data.Vocab
+    digest: str  # the run by content: its configuration and the hashes of its files
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def feature_service(self) -> str:
+        return self.config["feature_service"]
+
+    @property
+    def knowledge_run(self) -> str | None:
+        run = self.config.get("knowledge_run")
+        return run["name"] if run else None
+
+    @property
+    def history_length(self) -> int:
+        return self.config["history_length"]
+
+
+def finished_runs(settings: Settings) -> list[Path]:
+    """Run folders of the dataset whose metrics are written (a run killed while training has none)."""
+    root = settings.artifacts_dir
+    return sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()) if root.is_dir() else []
+
+
+def servable(run: Path) -> bool:
+    """Whether the run recorded what scoring needs (runs trained before vocabularies were saved did not)."""
+    return "files" in json.loads((run / "config.json").read_text())
+
+
+def validation_auc(run: Path) -> float:
+    return json.loads((run / "metrics.json").read_text())["valid"]["auc"]
+
+
+def load_run(path: Path) -> SavedRun:
+    """The run at `path`, rebuilt for scoring; a run whose files differ from the hashes it recorded is refused."""
+    import torch
+
+    from r4ec.ranking.data import Vocab
+    from r4ec.ranking.train import RUN_FILES, TrainConfig, build_model
+
+    if not (path / "metrics.json").is_file():
+        raise RankingError(f"{path} is not a finished training run (no metrics.json)")
+    config = json.loads((path / "config.json").read_text())
+    recorded = config.get("files")
+    if recorded is None:
+        raise RankingError(f"{path} was trained before runs recorded their vocabulary: train it again to serve it")
+    found = {name: fingerprint.of_file(path / name) if (path / name).is_file() else None for name in RUN_FILES}
+    changed = [name for name in RUN_FILES if found[name] != recorded.get(name)]
+    if changed:
+        raise RankingError(f"{path}: {', '.join(changed)} differ from the hashes the run recorded; train it again")
+    vocab = Vocab.from_dict(json.loads((path / "vocab.json").read_text()))
+    train_config = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config})
+    model = build_model(train_config, vocab, config["knowledge_dim"])
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    return SavedRun(path, config, model, vocab, fingerprint.of_json({"config": config, "files": found}))
+
+
+def publish(settings: Settings, run: str | None = None) -> dict:
+    """Make `run` (default: the best validation AUC among the dataset's finished, servable runs) the one that serves.
+
+    The pointer file is replaced atomically (a service reads the old one or the new one, never half of either), and
+    every publish is appended to the history: what replaced what, when, and by whom."""
+    runs = finished_runs(settings)
+    if run is None:
+        candidates = [p for p in runs if servable(p)]
+        if not candidates:
+            raise RankingError(f"no finished training run that can serve in {settings.artifacts_dir} ({len(runs)} "
+                               "trained before runs recorded their vocabulary): run `r4ec train` first")  # fmt: skip
+        chosen = max(candidates, key=validation_auc)
+    else:
+        chosen = settings.artifacts_dir / run
+        if chosen not in runs:
+            known = ", ".join(p.name for p in runs) or "none"
+            raise RankingError(f"no finished run '{run}' in {settings.artifacts_dir} (finished: {known})")
+    loaded = load_run(chosen)  # refuses a run that cannot serve before anything is replaced
+    previous = published(settings)
+    record = {
+        "run": chosen.name, "path": str(chosen), "digest": loaded.digest, "valid_auc": validation_auc(chosen),
+        "feature_service": loaded.feature_service, "knowledge_run": loaded.knowledge_run,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "by": f"{getpass.getuser()}@{socket.gethostname()}", "replaced": previous["run"] if previous else None,
+    }  # fmt: skip
+    target = layout.published_path(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(record, indent=2))
+    os.replace(partial, target)
+    with layout.publish_history_path(settings).open("a") as history:
+        history.write(json.dumps(record) + "\n")
+    return record
+
+
+def published(settings: Settings) -> dict | None:
+    """The record of the run that serves, or None before the first publish."""
+    path = layout.published_path(settings)
+    return json.loads(path.read_text()) if path.is_file() else None

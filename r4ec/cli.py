@@ -208,8 +208,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
+    from r4ec.serving import ServingError
     from r4ec.serving.app import ServingState
 
+    if args.top_k is not None and args.top_k < 1:
+        raise ServingError(f"--top-k must be a positive number of items, not {args.top_k}")
     state = ServingState(_settings(args))
     state.load()
     ranked = state.ranker.rank(args.user, list(dict.fromkeys(args.items)), args.top_k)

@@ -290,6 +290,8 @@ def test_rank_command_and_one_line_errors(served, capsys, tmp_path):
     assert "run din-single-mlp-seed1" in out and "   1. " in out and "   3. " in out
     assert main(["rank", "--user", "1", "--items", "1", "--data-dir", str(tmp_path)]) == 2
     assert "no run is published" in capsys.readouterr().err
+    assert main(["rank", "--user", "1", "--items", "1", "--top-k", "0", "--data-dir", str(settings.data_dir)]) == 2
+    assert "--top-k must be a positive" in capsys.readouterr().err
     assert main(["publish", "no-such-run", "--data-dir", str(settings.data_dir)]) == 2
     assert "no finished run 'no-such-run'" in capsys.readouterr().err
     assert MAX_BODY_BYTES >= 1000 * 40  # a full list of long ids fits

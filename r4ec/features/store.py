@@ -106,7 +106,8 @@ def _forget_materialized(settings: Settings, views: set[str]) -> None:
         state_path.write_text(json.dumps({k: v for k, v in state.items() if k not in views}, indent=1))
 
 
-def _source_files(view) -> list[Path]:
+def source_files(view) -> list[Path]:
+    """The parquet files a view's batch source names (a glob where the path has one)."""
     path = view.batch_source.path
     return sorted(Path(p) for p in glob.glob(path)) if "*" in path else [Path(path)]
 
@@ -126,7 +127,7 @@ def materialize(settings: Settings) -> dict[str, int]:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     loaded = {}
     for view in store.list_feature_views():
-        sources = _complete_files(settings, view) if "knowledge_run" in view.tags else _source_files(view)
+        sources = _complete_files(settings, view) if "knowledge_run" in view.tags else source_files(view)
         files = {str(p): fingerprint.of_file(p) for p in sources}
         seen = state.get(view.name, {})
         new = [p for p, mark in files.items() if seen.get(p) != mark]
@@ -161,7 +162,7 @@ def service_sources(settings: Settings, service: str) -> list[Path]:
     files = [samples]
     for projection in projections:
         view = store.get_feature_view(projection.name)
-        files += _complete_files(settings, view) if "knowledge_run" in view.tags else _source_files(view)
+        files += _complete_files(settings, view) if "knowledge_run" in view.tags else source_files(view)
     return files
 
 
@@ -172,7 +173,7 @@ def _complete_files(settings: Settings, view) -> list[Path]:
 
     entity = view.name.split("_", 1)[0]
     target = vectors_dir(settings, entity, KnowledgeRun.parse(view.tags["knowledge_run"]))
-    files = _source_files(view)
+    files = source_files(view)
     marker = target / COMPLETE
     recorded = json.loads(marker.read_text())["parts"] if marker.is_file() else None
     if recorded != {p.name: fingerprint.of_file(p) for p in files}:

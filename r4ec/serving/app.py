@@ -31,8 +31,16 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
 
 
 def _signature(*paths: Path) -> tuple:
-    """What changes when a file is replaced or written."""
-    return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in paths)
+    """What changes when a file is replaced or written (None for a file that is not there)."""
+    return tuple(_stat(p) for p in paths)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 class ServingState:

@@ -8,7 +8,6 @@ read for every item at start and again by `reload()` after a materialize; an ite
 
 from __future__ import annotations
 
-import glob
 import logging
 from dataclasses import dataclass
 
@@ -54,11 +53,11 @@ class OnlineFeatures:
 
     def _catalogue(self) -> list[str]:
         """Every item id the item views' sources hold: what the in-memory item features are read for."""
+        from r4ec.features.store import source_files
+
         ids: set[str] = set()
         for part in self.item_views:
-            path = part.view.batch_source.path
-            files = sorted(glob.glob(path)) if "*" in path else [path]
-            for file in files:
+            for file in source_files(part.view):
                 ids.update(str(i) for i in pq.read_table(file, columns=["item_id"]).column(0).to_pylist())
         return sorted(ids)
 

@@ -29,7 +29,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     """Settings from file and environment, overridden by whatever the command line names."""
     overrides = {
         name: getattr(args, name)
-        for name in ("data_dir", "dataset", "source_path", "protocol", "seed")
+        for name in ("data_dir", "dataset", "source_path", "protocol", "seed", "admit_until", "refresh_start",
+                     "refresh_end")
         if getattr(args, name, None) is not None
     }
     knowledge = {name: getattr(args, name) for name in KNOWLEDGE_OPTIONS if getattr(args, name, None) is not None}
@@ -90,6 +91,14 @@ def cmd_knowledge_generate(args: argparse.Namespace) -> None:
     settings = _settings(args)
     for entity in _entities(args):
         print(generate_knowledge(settings, entity, overwrite=args.overwrite).line())
+
+
+def cmd_knowledge_refresh(args: argparse.Namespace) -> None:
+    from r4ec.knowledge.job import refresh_knowledge
+
+    settings = _settings(args)
+    for entity in _entities(args):
+        print(refresh_knowledge(settings, entity).line())
 
 
 def cmd_knowledge_encode(args: argparse.Namespace) -> None:
@@ -333,6 +342,24 @@ def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spark-master", help="default: local[*]")
 
 
+def _utc_time(text: str):
+    """A command-line time: ISO 8601; a time without a zone is UTC."""
+    from datetime import datetime
+
+    from r4ec.config import as_utc
+
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS): {text!r}") from None
+
+
+def _add_refresh_options(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("refresh interval", what)
+    group.add_argument("--refresh-start", "--start", dest="refresh_start", type=_utc_time, metavar="START")
+    group.add_argument("--refresh-end", "--end", dest="refresh_end", type=_utc_time, metavar="END")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r4ec",
@@ -356,13 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
         return stages.add_parser(name, help=help).add_subparsers(dest="action", required=True, metavar="ACTION")
 
     data = group("data", "dataset sources: write raw parquet tables")
-    command(
+    load = command(
         data,
         "load",
         cmd_data_load,
         "Read the dataset (ml-100k is fetched; ml-1m and amazon-books-2018 come from --source-path) and write "
         "ratings, items, users and rejects as parquet under DATA_DIR/raw/DATASET.",
     )
+    load.add_argument("--admit-until", type=_utc_time, metavar="TIME", help="admit only the ratings before this UTC "
+                      "time (YYYY-MM-DD[THH:MM:SS]): a static dataset replayed as arrivals, interval by interval")  # fmt: skip
 
     marts = group("marts", "dbt marts: CTR samples, prompt inputs, feature tables")
     build = command(
@@ -372,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         "dbt build (models and data tests) on the raw tables; marts are exported to DATA_DIR/marts/DATASET/*.parquet.",
     )
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
+    _add_refresh_options(build, "also build the refresh marts (user_ and item_refresh_inputs) for the interval "
+                         "[START, END): what `knowledge refresh` regenerates")  # fmt: skip
     command(marts, "vars", cmd_marts_vars, "Print the dbt vars as JSON, for a hand-run `dbt build --vars ...`.",
             logged=False)  # fmt: skip
     command(marts, "env", cmd_marts_env, "Print the variables a hand-run dbt in dbt/ needs, for `eval` "
@@ -388,6 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_knowledge_options(generate)
     generate.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+    refresh = command(
+        knowledge,
+        "refresh",
+        cmd_knowledge_refresh,
+        "Regenerate knowledge for the users and items the interval [START, END) changed (users with new ratings, "
+        "items that gained their first liker or disliker; the refresh marts of `marts build --refresh-start ... "
+        "--refresh-end ...`), appended to the run as parts stamped with END; then `knowledge encode`.",
+    )
+    _add_knowledge_options(refresh)
+    _add_refresh_options(refresh, "the refresh interval [START, END) (required)")
     encode = command(
         knowledge,
         "encode",
@@ -522,6 +563,7 @@ def main(argv: list[str] | None = None, quiet: bool = False, keep_redirect: bool
     level = logging.DEBUG if args.verbose else logging.INFO
     if not (quiet and args.logged and not args.no_quiet):
         logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
+        logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # a line per request: the engine's polls
         return _run(args)
     try:
         path = args.log_file or _log_path(_settings(args), args)

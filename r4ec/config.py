@@ -8,10 +8,11 @@ directory, or the path in `R4EC_CONFIG`), and the defaults below.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 Dataset = Literal["ml-100k", "ml-1m", "amazon-books-2018"]
@@ -122,6 +123,15 @@ class Settings(BaseSettings):
     kar_history_cap: int | None = Field(None, ge=1, description="KAR protocol: LLM history cap (30 movies, 15 books).")
     positive_threshold: float | None = Field(None, description="Label = rating > this (3 movies, 4 books).")
 
+    # replaying a static dataset as arrivals (the refresh DAG)
+    admit_until: datetime | None = Field(
+        None, description="`data load` admits only the ratings before this UTC time (None: all of them)."
+    )
+    refresh_start: datetime | None = Field(None, description="Start of the refresh interval (UTC, inclusive).")
+    refresh_end: datetime | None = Field(
+        None, description="End of the refresh interval (UTC, exclusive): the as-of time of refreshed knowledge."
+    )
+
     # dataset filters
     amazon_min_user_interactions: int = Field(60, ge=1)
     amazon_min_item_interactions: int = Field(40, ge=1)
@@ -152,6 +162,19 @@ class Settings(BaseSettings):
     def _source_path_given_where_needed(self) -> Settings:
         if self.dataset != "ml-100k" and self.source_path is not None and not self.source_path.is_dir():
             raise ValueError(f"source_path {self.source_path} is not a folder")
+        return self
+
+    @field_validator("admit_until", "refresh_start", "refresh_end")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        return None if moment is None else as_utc(moment)
+
+    @model_validator(mode="after")
+    def _refresh_window(self) -> Settings:
+        if (self.refresh_start is None) != (self.refresh_end is None):
+            raise ValueError("refresh_start and refresh_end go together: give both or neither")
+        if self.refresh_start is not None and self.refresh_start >= self.refresh_end:
+            raise ValueError(f"refresh_start {self.refresh_start} is not before refresh_end {self.refresh_end}")
         return self
 
     # derived values: never stored, so they cannot disagree with the fields above
@@ -243,4 +266,16 @@ class Settings(BaseSettings):
             "kar_history_limit": self.kar_history_limit,
             "positive_threshold": self.label_threshold,
             "seed": self.seed,
+            "refresh_start": _utc_text(self.refresh_start),
+            "refresh_end": _utc_text(self.refresh_end),
         }
+
+
+def _utc_text(moment: datetime | None) -> str | None:
+    """A time as dbt and DuckDB read it: UTC, no zone suffix."""
+    return None if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A naive time is taken as UTC; an aware one is converted."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

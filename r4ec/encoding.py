@@ -179,6 +179,7 @@ def _knowledge_parts(settings, entity: str) -> list[Path]:
     if expected is None:
         raise EncoderError(f"{source} was generated before runs recorded their inputs: regenerate it with "
                            "`r4ec knowledge generate --overwrite` (cached answers make that cheap)")  # fmt: skip
+    expected += sum(json.loads(p.read_text())["parts"] for p in source.glob(layout.REFRESH_MANIFESTS))
     if len(parts) != expected:
         raise EncoderError(
             f"{source}: {len(parts)} of {expected} knowledge parts: finish the run with `r4ec knowledge generate` first"

@@ -4,11 +4,13 @@ Pure functions of the settings, with no heavy imports: every stage, door (CLI, S
 asks here instead of assembling another stage's folder names.
 
     DATA_DIR/marts/DATASET/<mart>.parquet                          dbt marts
-    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge/           knowledge parts of a run (+ _manifest.json)
+    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge/           knowledge parts of a run (+ _manifest.json), and
+                                                                   of each refresh (part-asofEND-*, _refresh-asofEND.json)
     DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge_vectors/   their vectors, one part per knowledge part
     DATA_DIR/training/DATASET/<service>.parquet                    point-in-time training sets from Feast
     DATA_DIR/models/artifacts/DATASET/<training run>/              trained CTR models
     DATA_DIR/models/artifacts/DATASET/PUBLISHED.json               the run that serves (+ publish_history.jsonl)
+    DATA_DIR/models/artifacts/DATASET/published/<digest>/<run>/    snapshots of published runs
 
 A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
 (`iterative-sample20`); its Feast service is the same name with an underscore (`iterative_sample20`), so a sampled
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from r4ec.config import Settings
@@ -80,8 +83,26 @@ def knowledge_runs(settings: Settings) -> list[KnowledgeRun]:
     return [r for r in runs if r and all((vectors_dir(settings, e, r) / COMPLETE).is_file() for e in ENTITIES)]
 
 
-def part_name(number: int) -> str:
-    return f"part-{number:05d}.parquet"
+def part_name(number: int, refresh: str | None = None) -> str:
+    """`part-00003.parquet` of a run; `part-asof19980108T000000-00003.parquet` of the refresh ending at that time."""
+    return f"part-{number:05d}.parquet" if refresh is None else f"part-asof{refresh}-{number:05d}.parquet"
+
+
+def part_name_glob(refresh: str | None = None) -> str:
+    """The parts a run generated at once (not its refreshes), or those of one refresh."""
+    return "part-[0-9]*.parquet" if refresh is None else f"part-asof{refresh}-*.parquet"
+
+
+def refresh_tag(end: datetime) -> str:
+    return end.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def refresh_manifest_name(refresh: str) -> str:
+    """What one refresh of a knowledge run was built from, beside the run's own `_manifest.json`."""
+    return f"_refresh-asof{refresh}.json"
+
+
+REFRESH_MANIFESTS = "_refresh-asof*.json"
 
 
 def mart_path(settings: Settings, mart: str) -> Path:
@@ -92,6 +113,10 @@ def prompt_inputs_path(settings: Settings, entity: str) -> Path:
     return mart_path(settings, f"{entity}_prompt_inputs")
 
 
+def refresh_inputs_path(settings: Settings, entity: str) -> Path:
+    return mart_path(settings, f"{entity}_refresh_inputs")
+
+
 def training_set_path(settings: Settings, service: str) -> Path:
     """One file per feature service; a sampled run's service name already says so."""
     return settings.training_dir / f"{service}.parquet"
@@ -99,6 +124,11 @@ def training_set_path(settings: Settings, service: str) -> Path:
 
 def published_path(settings: Settings) -> Path:
     return settings.artifacts_dir / "PUBLISHED.json"
+
+
+def published_runs_dir(settings: Settings) -> Path:
+    """Snapshots of published runs, `<digest>/<run>/`: what serves is never rewritten by training again."""
+    return settings.artifacts_dir / "published"
 
 
 def publish_history_path(settings: Settings) -> Path:

@@ -8,7 +8,7 @@ if ! command -v redis-server >/dev/null; then
     echo "test: installing redis-server"
     (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
 fi
-.venv/bin/ruff check r4ec tests benchmarks spark_jobs feature_repo
+.venv/bin/ruff check r4ec tests benchmarks spark_jobs feature_repo dags
 # duckdb 2.0's bindings list objects still alive at interpreter exit (ibis keeps connections); that report is noise
 # after pytest's own closing line, so it is filtered out of stderr
 set +e

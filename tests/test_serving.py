@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -295,3 +296,31 @@ def test_rank_command_and_one_line_errors(served, capsys, tmp_path):
     assert main(["publish", "no-such-run", "--data-dir", str(settings.data_dir)]) == 2
     assert "no finished run 'no-such-run'" in capsys.readouterr().err
     assert MAX_BODY_BYTES >= 1000 * 40  # a full list of long ids fits
+
+
+def test_the_publish_gate_publishes_only_a_better_run_and_serves_a_snapshot(served):
+    from r4ec import fingerprint
+    from r4ec.ranking.runs import publish_if_better, validation_auc
+
+    settings, _ = served
+    aucs = {run: validation_auc(settings.artifacts_dir / run) for run in ("lr-none-mlp-seed1", "din-single-mlp-seed1")}
+    weaker, stronger = sorted(aucs, key=aucs.get)
+    publish(settings, weaker)
+    history = settings.artifacts_dir / "publish_history.jsonl"
+    publishes = len(history.read_text().splitlines())
+
+    gate = publish_if_better(settings, stronger)
+    assert gate.published and published(settings)["run"] == stronger and "beats the published" in gate.reason
+    if weaker == "lr-none-mlp-seed1":  # base features did not change since training: the same samples, the same AUC
+        assert gate.incumbent_auc == pytest.approx(aucs[weaker], abs=1e-9)
+    gate = publish_if_better(settings, weaker)
+    assert not gate.published and "does not beat" in gate.reason and published(settings)["run"] == stronger
+    gate = publish_if_better(settings, stronger)
+    assert not gate.published and gate.reason == "it is the published run already"
+    assert len(history.read_text().splitlines()) == publishes + 1  # only the one real publish was recorded
+
+    record = published(settings)
+    snapshot, run = Path(record["path"]), settings.artifacts_dir / stronger
+    assert snapshot.parent.parent == settings.artifacts_dir / "published" and snapshot.name == stronger
+    assert {p.name: fingerprint.of_file(p) for p in snapshot.iterdir()} == {p.name: fingerprint.of_file(p) for p in run.iterdir()}
+    publish(settings, "din-single-mlp-seed1")

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from r4ec.config import Settings
-from r4ec.data.tables import DataError, LoadSummary
+from r4ec.data.tables import DataError, LoadSummary, write_parquet
 
 
 def load_dataset(settings: Settings) -> LoadSummary:
-    """Read the configured dataset from its source and write its raw tables under `settings.raw_dir`."""
+    """Read the configured dataset from its source and write its raw tables under `settings.raw_dir`; with
+    `admit_until`, only the ratings before it (a static dataset replayed as arrivals)."""
+    summary = _load_source(settings)
+    if settings.admit_until is not None:
+        admit_until(summary, settings.admit_until)
+    return summary
+
+
+def admit_until(summary: LoadSummary, until: datetime) -> None:
+    """Keep the raw ratings rated before `until`; items and users stay whole (the catalogue is known up front)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = summary.out_dir / "ratings.parquet"
+    ratings = pq.read_table(path)
+    admitted = ratings.filter(pc.less(ratings["timestamp"], int(until.timestamp())))
+    write_parquet(admitted, path)
+    summary.counts["ratings"] = admitted.num_rows
+    summary.notes.append(f"admitted {admitted.num_rows:,} of {ratings.num_rows:,} ratings, those before {until:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _load_source(settings: Settings) -> LoadSummary:
     from r4ec.data import amazon, fetch, movielens
 
     out_dir = settings.raw_dir

@@ -136,10 +136,6 @@ def select_entities(ids: list[str], limit: int | None, seed: int) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def part_path(out_dir: Path, part: int) -> Path:
-    return out_dir / layout.part_name(part)
-
-
 STAMP = b"r4ec.part"  # parquet metadata key of a part's stamp
 
 
@@ -229,10 +225,10 @@ def run_part(spec: dict) -> dict:
     backend = _worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
     reflector = _worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
     id_column = f"{entity}_id"
-    table = pq.read_table(layout.prompt_inputs_path(settings, entity), filters=[(id_column, "in", spec["ids"])])
+    table = pq.read_table(spec["source"], filters=[(id_column, "in", spec["ids"])])
     by_id = {row[id_column]: row for row in table.to_pylist()}
     cfg = loop_config(settings, entity)
-    progress_path = Path(spec["out_dir"]) / PROGRESS_FOLDER / layout.part_name(part).replace(".parquet", ".json")
+    progress_path = Path(spec["out_dir"]) / PROGRESS_FOLDER / spec["name"].replace(".parquet", ".json")
     started = time.perf_counter()
     interval = settings.knowledge.progress_interval_s
     with PartProgress(part, len(spec["ids"]), progress_path, cfg.steps(), interval) as progress:
@@ -244,7 +240,7 @@ def run_part(spec: dict) -> dict:
               "generated_at": datetime.now(UTC)}  # fmt: skip
     records = [{**_record(c, entity), **shared} for c in chains]
     schema = output_schema(entity).with_metadata({STAMP: spec["stamp"].encode()})
-    write_parquet(pa.Table.from_pylist(records, schema=schema), part_path(Path(spec["out_dir"]), part))
+    write_parquet(pa.Table.from_pylist(records, schema=schema), Path(spec["out_dir"]) / spec["name"])
     return {"part": part, "entities": len(chains), "llm_calls": sum(c.llm_calls for c in chains), "seconds": seconds}
 
 
@@ -307,20 +303,99 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     if not source.is_file():
         raise KnowledgeError(f"{source} not found: run `r4ec marts build` first")
     k = settings.knowledge
-    id_column = f"{entity}_id"
-    inputs = {row[id_column]: row for row in pq.read_table(source).to_pylist()}
+    inputs = _read_inputs(source, entity)
     ids = select_entities(list(inputs), k.limit, settings.seed)
     parts = [ids[start : start + k.partition_size] for start in range(0, len(ids), k.partition_size)]
     wanted = manifest(settings, entity, fingerprint.of_rows([inputs[i] for i in ids]), len(parts))
     out_dir = _prepare_output(settings, entity, wanted, overwrite)
-    run_digest = fingerprint.of_json(wanted)
+    log.info("%s knowledge: %d entities, %d parts (%s, %s)", entity, len(ids), len(parts), k.strategy, k.model)
+    names = [layout.part_name(n) for n in range(len(parts))]
+    return _run_parts(settings, entity, out_dir, fingerprint.of_json(wanted), names, parts, source, inputs)
+
+
+def refresh_knowledge(settings: Settings, entity: str) -> JobSummary:
+    """Knowledge for the entities the refresh interval changed (the `<entity>_refresh_inputs` mart), appended to
+    the settings' run as parts named after the interval's end, every row stamped with that end: earlier samples
+    keep the knowledge they had. A sampled run refreshes only its own sample. Re-running an interval replaces its
+    parts; the run's other parts are untouched."""
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    if settings.refresh_end is None:
+        raise KnowledgeError("a refresh needs its interval: give --start and --end (refresh_start, refresh_end)")
+    out_dir = layout.knowledge_dir(settings, entity)
+    base = _base_manifest(settings, entity, out_dir)
+    source = layout.refresh_inputs_path(settings, entity)
+    inputs = _refresh_inputs(settings, entity, source)
+    changed = len(inputs)
+    if settings.knowledge.limit is not None:
+        sample = set(pq.read_table(list(out_dir.glob(layout.part_name_glob())), columns=[f"{entity}_id"]).column(0).to_pylist())
+        inputs = {i: row for i, row in inputs.items() if i in sample}
+    ids = list(inputs)
+    size = settings.knowledge.partition_size
+    parts = [ids[start : start + size] for start in range(0, len(ids), size)]
+    wanted = {**manifest(settings, entity, fingerprint.of_rows(list(inputs.values())), len(parts)),
+              "refresh": {"start": settings.refresh_start.isoformat(), "end": settings.refresh_end.isoformat()},
+              "base": fingerprint.of_json(base)}  # fmt: skip
+    tag = layout.refresh_tag(settings.refresh_end)
+    names = [layout.part_name(n, tag) for n in range(len(parts))]
+    for stale in set(out_dir.glob(layout.part_name_glob(tag))) - {out_dir / name for name in names}:
+        stale.unlink()  # an earlier attempt at this interval cut into more parts: the vectors no longer match
+        (layout.vectors_dir(settings, entity) / layout.COMPLETE).unlink(missing_ok=True)
+    (out_dir / layout.refresh_manifest_name(tag)).write_text(json.dumps(wanted, indent=2, sort_keys=True))
+    sampled = f", {len(ids)} of them in the run's sample" if settings.knowledge.limit is not None else ""
+    log.info("%s knowledge refresh %s to %s: %d %ss changed%s; %d parts", entity, settings.refresh_start,
+             settings.refresh_end, changed, entity, sampled, len(parts))  # fmt: skip
+    return _run_parts(settings, entity, out_dir, fingerprint.of_json(wanted), names, parts, source, inputs)
+
+
+def _read_inputs(source: Path, entity: str) -> dict[str, dict]:
+    """Prompt-input rows by id; dbt writes an empty mart as one all-null row, which is no entity."""
+    id_column = f"{entity}_id"
+    return {row[id_column]: row for row in pq.read_table(source).to_pylist() if row[id_column] is not None}
+
+
+def _base_manifest(settings: Settings, entity: str, out_dir: Path) -> dict:
+    """The run a refresh appends to, which must exist and agree with the settings in all but its inputs: a refresh
+    with another model or prompt would make the run a mix."""
+    path = out_dir / layout.MANIFEST
+    if not path.is_file():
+        raise KnowledgeError(f"{out_dir}: no knowledge run to refresh: run `r4ec knowledge generate` (or r4ec_build) first")
+    base = json.loads(path.read_text())
+    now = manifest(settings, entity, base.get("inputs"), base.get("parts"))
+    changed = sorted(key for key in now.keys() | base.keys() if now.get(key) != base.get(key))
+    if changed:
+        raise KnowledgeError(f"{out_dir} was generated with other settings ({', '.join(changed)}): a refresh appends "
+                             "to a run with the settings it was built with")  # fmt: skip
+    return base
+
+
+def _refresh_inputs(settings: Settings, entity: str, source: Path) -> dict[str, dict]:
+    """The refresh mart's rows, after checking that the marts were built for this very interval."""
+    from r4ec.marts import built_with
+
+    built = built_with(settings.marts_dir) or {}
+    window = (built.get("refresh_start"), built.get("refresh_end"))
+    if not source.is_file() or window != (settings.refresh_start, settings.refresh_end):
+        found = "no refresh interval" if window[0] is None else f"the interval {window[0]} to {window[1]}"
+        raise KnowledgeError(f"the marts in {settings.marts_dir} hold {found}: run `r4ec marts build --refresh-start "
+                             f"{settings.refresh_start:%Y-%m-%dT%H:%M:%S} --refresh-end {settings.refresh_end:%Y-%m-%dT%H:%M:%S}` first")  # fmt: skip
+    return _read_inputs(source, entity)
+
+
+def _run_parts(
+    settings: Settings, entity: str, out_dir: Path, run_digest: str, names: list[str], parts: list[list[str]],
+    source: Path, inputs: dict[str, dict],
+) -> JobSummary:  # fmt: skip
+    """Run the loop on every part (file `names[n]` holds the ids `parts[n]`, their input rows in `source`) whose stamp
+    is not the one it would get now; a part from other inputs is removed before anything runs, so it is never left
+    to be read."""
+    k = settings.knowledge
     stamps = [part_stamp(run_digest, part, [inputs[i] for i in part]) for part in parts]
-    todo = [n for n in range(len(parts)) if fingerprint.read_stamp(part_path(out_dir, n), STAMP) != stamps[n]]
+    todo = [n for n in range(len(parts)) if fingerprint.read_stamp(out_dir / names[n], STAMP) != stamps[n]]
     for n in todo:
-        part_path(out_dir, n).unlink(missing_ok=True)  # a part from other inputs is never left to be read
+        (out_dir / names[n]).unlink(missing_ok=True)
     if todo:  # its vectors no longer match it until `knowledge encode` has run again
         (layout.vectors_dir(settings, entity) / layout.COMPLETE).unlink(missing_ok=True)
-    log.info("%s knowledge: %d entities, %d parts, %d to run (%s, %s)", entity, len(ids), len(parts), len(todo), k.strategy, k.model)
+    log.info("%s knowledge: %d of %d parts to run", entity, len(todo), len(parts))
     started = time.perf_counter()
     results: list[dict] = []
     if todo:
@@ -332,15 +407,15 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
         with _engines(settings) as engines:
             common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir),
-                      "threads": threads, "engines": engines}  # fmt: skip
-            specs = [{**common, "part": n, "ids": parts[n], "stamp": stamps[n]} for n in todo]
-            pending = {part_path(out_dir, spec["part"]): len(spec["ids"]) for spec in specs}
+                      "source": str(source), "threads": threads, "engines": engines}  # fmt: skip
+            specs = [{**common, "part": n, "name": names[n], "ids": parts[n], "stamp": stamps[n]} for n in todo]
+            pending = {out_dir / spec["name"]: len(spec["ids"]) for spec in specs}
             results = run_parts(
-                spark, run_part, specs, pending, len(ids), f"{entity}_knowledge", progress_dir=out_dir / PROGRESS_FOLDER,
-                interval=k.progress_interval_s,
+                spark, run_part, specs, pending, sum(map(len, parts)), f"{entity}_knowledge",
+                progress_dir=out_dir / PROGRESS_FOLDER, interval=k.progress_interval_s,
             )  # fmt: skip
     shutil.rmtree(out_dir / PROGRESS_FOLDER, ignore_errors=True)
     return JobSummary(
-        entity, out_dir, len(ids), len(parts), len(results), sum(r["llm_calls"] for r in results),
+        entity, out_dir, sum(map(len, parts)), len(parts), len(results), sum(r["llm_calls"] for r in results),
         time.perf_counter() - started,
     )  # fmt: skip

@@ -29,7 +29,7 @@ def summarize(rows: list[dict]) -> dict[str, object]:
         verdicts = [r["judgements"][n] for r in rows if len(r["judgements"]) > n]
         judged = [v for v in verdicts if v is not None]
         reasonable.append((sum(v == "reasonable" for v in judged), len(judged), len(verdicts) - len(judged)))
-    parts = {r["part"]: (r["part_seconds"], r["llm_calls"]) for r in rows}
+    parts = {(r["part"], r["generated_at"]): (r["part_seconds"], r["llm_calls"]) for r in rows}  # refreshes reuse numbers
     busy = sum(seconds for seconds, _ in parts.values())
     generated = sum(r["generated_tokens"] for r in rows)
     return {

@@ -17,7 +17,9 @@ def _half(settings: Settings, run: KnowledgeRun, entity: str) -> dict:
     """One entity's side of a run: its manifest's identity and its vectors' (encoder, parts hash, rows)."""
     manifest = json.loads((layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).read_text())
     vectors = json.loads((layout.vectors_dir(settings, entity, run) / layout.COMPLETE).read_text())
-    return {**{key: manifest.get(key) for key in IDENTITY}, "encoder": vectors["encoder"],
+    refreshes = sorted(p.name for p in layout.knowledge_dir(settings, entity, run).glob(layout.REFRESH_MANIFESTS))
+    return {**{key: manifest.get(key) for key in IDENTITY}, **({"refreshes": refreshes} if refreshes else {}),
+            "encoder": vectors["encoder"],
             "vectors": fingerprint.of_json(vectors["parts"]), "rows": vectors["rows"]}  # fmt: skip
 
 
@@ -25,7 +27,7 @@ def disagreements(settings: Settings, run: KnowledgeRun) -> list[str]:
     """What the run's user and item halves disagree on (model, prompts, encoder, ...): one entity regenerated with
     other settings makes the run a mix that no single label describes. Inputs and vectors differ by nature."""
     user, item = (_half(settings, run, entity) for entity in layout.ENTITIES)
-    return sorted(key for key in user if key not in ("inputs", "vectors", "rows") and user[key] != item[key])
+    return sorted(key for key in user if key not in ("inputs", "refreshes", "vectors", "rows") and user[key] != item[key])
 
 
 def describe(settings: Settings, run: KnowledgeRun) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -91,36 +92,111 @@ def load_run(path: Path) -> SavedRun:
 def publish(settings: Settings, run: str | None = None) -> dict:
     """Make `run` (default: the best validation AUC among the dataset's finished, servable runs) the one that serves.
 
-    The pointer file is replaced atomically (a service reads the old one or the new one, never half of either), and
-    every publish is appended to the history: what replaced what, when, and by whom."""
-    runs = finished_runs(settings)
-    if run is None:
-        candidates = [p for p in runs if servable(p)]
-        if not candidates:
-            raise RankingError(f"no finished training run that can serve in {settings.artifacts_dir} ({len(runs)} "
-                               "trained before runs recorded their vocabulary): run `r4ec train` first")  # fmt: skip
-        chosen = max(candidates, key=validation_auc)
-    else:
-        chosen = settings.artifacts_dir / run
-        if chosen not in runs:
-            known = ", ".join(p.name for p in runs) or "none"
-            raise RankingError(f"no finished run '{run}' in {settings.artifacts_dir} (finished: {known})")
+    What serves is a snapshot of the run (`published/<digest>/<run>/`): training the same configuration again
+    rewrites the run's folder, never the model being served. The pointer file is replaced atomically (a service
+    reads the old one or the new one, never half of either), and every publish is appended to the history: what
+    replaced what, when, and by whom."""
+    chosen = _choose(settings, run)
     loaded = load_run(chosen)  # refuses a run that cannot serve before anything is replaced
+    snapshot = _snapshot(settings, chosen, loaded.digest)
     previous = published(settings)
     record = {
-        "run": chosen.name, "path": str(chosen), "digest": loaded.digest, "valid_auc": validation_auc(chosen),
+        "run": chosen.name, "path": str(snapshot), "digest": loaded.digest, "valid_auc": validation_auc(chosen),
         "feature_service": loaded.feature_service, "knowledge_run": loaded.knowledge_run,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "by": f"{getpass.getuser()}@{socket.gethostname()}", "replaced": previous["run"] if previous else None,
     }  # fmt: skip
     target = layout.published_path(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(record, indent=2))
     os.replace(partial, target)
     with layout.publish_history_path(settings).open("a") as history:
         history.write(json.dumps(record) + "\n")
     return record
+
+
+def _choose(settings: Settings, run: str | None) -> Path:
+    runs = finished_runs(settings)
+    if run is None:
+        candidates = [p for p in runs if servable(p)]
+        if not candidates:
+            raise RankingError(f"no finished training run that can serve in {settings.artifacts_dir} ({len(runs)} "
+                               "trained before runs recorded their vocabulary): run `r4ec train` first")  # fmt: skip
+        return max(candidates, key=validation_auc)
+    chosen = settings.artifacts_dir / run
+    if chosen not in runs:
+        known = ", ".join(p.name for p in runs) or "none"
+        raise RankingError(f"no finished run '{run}' in {settings.artifacts_dir} (finished: {known})")
+    return chosen
+
+
+def _snapshot(settings: Settings, run: Path, digest: str) -> Path:
+    """An immutable copy of the run's files, named by their digest (copied under a temporary name, then renamed)."""
+    target = layout.published_runs_dir(settings) / digest.split(":")[-1][:16] / run.name
+    if not target.is_dir():
+        partial = target.with_name(f".{run.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(run, partial)
+        os.replace(partial, target)
+    return target
+
+
+@dataclass
+class Gate:
+    """What the publish gate decided: `published` is True when the candidate now serves."""
+
+    published: bool
+    candidate: str
+    candidate_auc: float
+    incumbent: str | None
+    incumbent_auc: float | None
+    reason: str
+
+    def line(self) -> str:
+        verdict = "published" if self.published else "not published"
+        return f"{self.candidate} (valid AUC {self.candidate_auc:.4f}) {verdict}: {self.reason}"
+
+
+def publish_if_better(settings: Settings, run: str) -> Gate:
+    """Publish `run` only if its validation AUC beats the published run's on the same validation samples: the
+    published model is scored again on today's validation split through its own feature service (the marts and the
+    features may have moved on since it was trained, so its recorded figure would compare other samples)."""
+    candidate = _choose(settings, run)
+    candidate_auc = validation_auc(candidate)
+    current = published(settings)
+    if current is None:
+        publish(settings, run)
+        return Gate(True, run, candidate_auc, None, None, "nothing was published yet")
+    loaded = load_run(candidate)
+    if current["run"] == run and current["digest"] == loaded.digest:
+        return Gate(False, run, candidate_auc, run, candidate_auc, "it is the published run already")
+    try:
+        incumbent = load_run(Path(current["path"]))
+    except RankingError as error:
+        publish(settings, run)
+        return Gate(True, run, candidate_auc, current["run"], None, f"the published run cannot serve ({error})")
+    incumbent_auc = validation_auc_now(settings, incumbent)
+    better = candidate_auc > incumbent_auc
+    if better:
+        publish(settings, run)
+    comparison = "beats" if better else "does not beat"
+    return Gate(better, run, candidate_auc, current["run"], incumbent_auc,
+                f"{comparison} the published {current['run']} ({incumbent_auc:.4f} on today's validation samples)")  # fmt: skip
+
+
+def validation_auc_now(settings: Settings, run: SavedRun) -> float:
+    """The run's AUC on the validation split of its feature service's training set as the marts and features stand
+    now (retrieved through Feast where they changed)."""
+    from r4ec.features.store import service_fingerprint
+    from r4ec.ranking.data import to_tensors
+    from r4ec.ranking.experiment import training_table
+    from r4ec.ranking.train import KNOWLEDGE_COLUMNS, evaluate, split
+
+    service = run.feature_service
+    table, _ = training_table(settings, service, service_fingerprint(settings, service))
+    knowledge = () if run.config["knowledge"] == "none" else KNOWLEDGE_COLUMNS
+    valid = to_tensors(split(table, "valid"), run.vocab, run.history_length, knowledge, run.config["knowledge_dim"])
+    return evaluate(run.model, valid)["auc"]
 
 
 def published(settings: Settings) -> dict | None:

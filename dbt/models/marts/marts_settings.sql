@@ -12,4 +12,6 @@ select
     {{ var('kar_test_user_fraction') }}::double as kar_test_user_fraction,
     {{ var('kar_history_limit') }}::integer as kar_history_limit,
     {{ var('positive_threshold') }}::double as positive_threshold,
-    {{ var('seed') }}::bigint as seed
+    {{ var('seed') }}::bigint as seed,
+    {{ "'" ~ var('refresh_start') ~ "+00'" if var('refresh_start', none) is not none else 'null' }}::timestamptz as refresh_start,
+    {{ "'" ~ var('refresh_end') ~ "+00'" if var('refresh_end', none) is not none else 'null' }}::timestamptz as refresh_end

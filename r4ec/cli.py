@@ -21,8 +21,11 @@ log = logging.getLogger("r4ec")
 BACKBONE_NAMES = ("lr", "din", "dien", "gru4rec", "autoint", "fignn", "dcn", "deepfm")  # r4ec.ranking.train.BACKBONES
 KNOWLEDGE_OPTIONS = (
     "backend", "model", "reflector_model", "quantization", "slots", "strategy", "rounds", "samples", "limit",
-    "partition_size", "spark_master", "encoder",
+    "partition_size", "spark_master", "encoder", "actor_adapter", "reflector_adapter",
 )  # fmt: skip
+
+
+TUNING_OPTIONS = {"limit": "users", "draws": "draws", "held_out_fraction": "held_out_fraction"}  # setting -> option
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -36,6 +39,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     knowledge = {name: getattr(args, name) for name in KNOWLEDGE_OPTIONS if getattr(args, name, None) is not None}
     if knowledge:
         overrides["knowledge"] = knowledge
+    tuning = {name: getattr(args, option) for name, option in TUNING_OPTIONS.items() if getattr(args, option, None) is not None}
+    if tuning:
+        overrides["tuning"] = tuning
     return Settings(**overrides)
 
 
@@ -99,6 +105,23 @@ def cmd_knowledge_refresh(args: argparse.Namespace) -> None:
     settings = _settings(args)
     for entity in _entities(args):
         print(refresh_knowledge(settings, entity).line())
+
+
+def cmd_tuning_build_data(args: argparse.Namespace) -> None:
+    from r4ec.tuning.job import build_data
+
+    print(build_data(_settings(args), overwrite=args.overwrite).line())
+
+
+def cmd_tuning_train(args: argparse.Namespace) -> None:
+    from r4ec.layout import adapter_dir, sft_dir
+    from r4ec.tuning.lora import base_model, read_examples, recipe, train_adapter
+
+    settings = _settings(args)
+    chats, data = read_examples(sft_dir(settings), args.role)
+    path, name = base_model(settings)
+    chosen = recipe(args.profile, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size)
+    print(train_adapter(path, name, chats, data, adapter_dir(settings, args.role), chosen).line())
 
 
 def cmd_knowledge_encode(args: argparse.Namespace) -> None:
@@ -340,6 +363,8 @@ def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--slots", type=int, help="llama.cpp: sequences decoded together (default: 32)")  # fmt: skip
     group.add_argument("--model", help="smollm2-135m-instruct (default), a local model folder, or a served name")
     group.add_argument("--spark-master", help="default: local[*]")
+    group.add_argument("--actor-adapter", type=Path, help="LoRA adapter folder of the actor (`r4ec tuning train`)")
+    group.add_argument("--reflector-adapter", type=Path, help="LoRA adapter folder of the reflector")
 
 
 def _utc_time(text: str):
@@ -453,6 +478,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-name", help="the model name clients ask for (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+
+    tuning = group("tuning", "train the actor and the reflector: SFT data (Algorithm 1), LoRA")
+    build_data = command(
+        tuning,
+        "build-data",
+        cmd_tuning_build_data,
+        "Algorithm 1 as a Spark job: the teacher (the knowledge backend and model) answers construction prompts (a "
+        "user's LLM history and a training-period target), reflects and refines; kept answers become the SFT sets "
+        "DATA_DIR/tuning/DATASET/sft/{reason,reflect,refine}.jsonl with card.json. Held-out users never enter them.",
+    )
+    teacher = build_data.add_argument_group("teacher (override the [knowledge] settings it runs on)")
+    teacher.add_argument("--backend", choices=["llama.cpp", "transformers", "vllm", "openai"], help="default: llama.cpp")
+    teacher.add_argument("--model", help="the teacher: smollm2-135m-instruct (default), qwen2.5-coder-0.5b-instruct, "
+                         "qwen2.5-coder-1.5b-instruct, a local model folder, or a served name")  # fmt: skip
+    teacher.add_argument("--quantization", choices=["auto", "Q4_0", "Q8_0", "F16", "as-is"], help="llama.cpp: default auto")
+    teacher.add_argument("--partition-size", type=int, help="samples per Spark task and output part (default: 25)")
+    teacher.add_argument("--spark-master", help="default: local[*]")
+    build_data.add_argument("--users", type=int, help="a seeded sample of this many users (default: all not held out)")
+    build_data.add_argument("--draws", type=int, help="teacher rationales per sample (rejection sampling; default: 1)")
+    build_data.add_argument("--held-out-fraction", type=float, help="users set aside for evaluation (default: 0.1)")
+    build_data.add_argument("--overwrite", action="store_true", help="rebuild answers made with other settings")
+
+    lora = command(
+        tuning,
+        "train",
+        cmd_tuning_train,
+        "LoRA-tune the knowledge model (peft): the actor on reason + refine, the reflector on reflect, loss on the "
+        "replies only; checkpoints every epoch (a killed run resumes); the adapter goes to "
+        "DATA_DIR/tuning/DATASET/adapters/ROLE/adapter with training.json. Then `knowledge generate "
+        "--actor-adapter ... --reflector-adapter ...` (R4EC_KNOWLEDGE__ACTOR_ADAPTER, ...).",
+    )
+    lora.add_argument("--role", choices=["actor", "reflector"], required=True)
+    lora.add_argument("--model", help="the base model (default: the knowledge model, smollm2-135m-instruct)")
+    lora.add_argument("--profile", default="paper", help="a recipe of models/lora.toml: paper (default) or cpu")
+    lora.add_argument("--epochs", type=int, help="default: the profile's (3)")
+    lora.add_argument("--learning-rate", type=float, help="default: the profile's")
+    lora.add_argument("--batch-size", type=int, help="default: the profile's")
 
     models = group("models", "local model files")
     fetch = command(
@@ -606,9 +668,10 @@ def _run(args: argparse.Namespace) -> int:
     from r4ec.marts import MartsError
     from r4ec.ranking import RankingError
     from r4ec.serving import ServingError
+    from r4ec.tuning.lora import TuningError
 
     errors = (DataError, MartsError, KnowledgeError, BackendError, EncoderError, FeaturesError, RankingError,
-              ModelFilesError, ServingError)  # fmt: skip
+              ModelFilesError, ServingError, TuningError)  # fmt: skip
     try:
         args.func(args)
     except errors as error:

@@ -84,6 +84,19 @@ class KnowledgeSettings(BaseModel):
     openai_max_retries: int = Field(4, ge=0)
 
 
+class TuningSettings(BaseModel):
+    """Training the actor and the reflector (the paper's Algorithm 1). The teacher is the knowledge backend and model
+    (`knowledge.backend`, `knowledge.model`). Environment: R4EC_TUNING__DRAWS=3, ..."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    held_out_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Users never used for construction: where base and tuned models are compared."
+    )
+    draws: int = Field(1, ge=1, description="Teacher rationales per sample; more than one is rejection sampling.")
+    limit: int | None = Field(None, ge=1, description="Construct from a seeded sample of this many users; None: all.")
+
+
 class FeaturesSettings(BaseModel):
     """The Feast store (DESIGN §5). Environment: R4EC_FEATURES__ONLINE_STORE=redis, ..."""
 
@@ -138,6 +151,7 @@ class Settings(BaseSettings):
 
     knowledge: KnowledgeSettings = KnowledgeSettings()
     features: FeaturesSettings = FeaturesSettings()
+    tuning: TuningSettings = TuningSettings()
 
     seed: int = Field(42, description="Seed of every random choice (validation hold-out, KAR user split, samples).")
     dbt_project_dir: Path = Field(
@@ -219,6 +233,11 @@ class Settings(BaseSettings):
     @property
     def knowledge_dir(self) -> Path:
         return self.data_dir.resolve() / "knowledge" / self.dataset
+
+    @property
+    def tuning_dir(self) -> Path:
+        """Construction answers and SFT data sets (the teacher's), adapters."""
+        return self.data_dir.resolve() / "tuning" / self.dataset
 
     @property
     def feast_dir(self) -> Path:

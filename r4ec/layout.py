@@ -117,6 +117,21 @@ def refresh_inputs_path(settings: Settings, entity: str) -> Path:
     return mart_path(settings, f"{entity}_refresh_inputs")
 
 
+def construction_dir(settings: Settings) -> Path:
+    """The teacher's construction answers (Algorithm 1), one part per Spark task (+ _manifest.json)."""
+    return settings.tuning_dir / "construction"
+
+
+def sft_dir(settings: Settings) -> Path:
+    """reason.jsonl, reflect.jsonl, refine.jsonl and card.json: the SFT data sets built from the construction."""
+    return settings.tuning_dir / "sft"
+
+
+def adapter_dir(settings: Settings, role: str) -> Path:
+    """A role's LoRA run: `adapter/` (peft), `training.json`, and `checkpoint/` while it trains."""
+    return settings.tuning_dir / "adapters" / role
+
+
 def training_set_path(settings: Settings, service: str) -> Path:
     """One file per feature service; a sampled run's service name already says so."""
     return settings.training_dir / f"{service}.parquet"

@@ -196,7 +196,7 @@ def test_auto_dtype_follows_the_cpu_it_runs_on(tiny_model):
 
 def test_another_reflector_model_judges_and_is_named_in_the_rows(tiny_model, tmp_path):
     """--reflector-model: reflect steps go to the reflector's backend, reason and refine to the actor's."""
-    from r4ec.knowledge.job import _worker_backend
+    from r4ec.knowledge.job import worker_backend
 
     judge = tmp_path / "judge"
     shutil.copytree(tiny_model, judge)
@@ -206,8 +206,8 @@ def test_another_reflector_model_judges_and_is_named_in_the_rows(tiny_model, tmp
         knowledge={"backend": "transformers", "model": str(tiny_model), "reflector_model": str(judge),
                    "dtype": "float32", "max_new_tokens": 6, "prefill": False},
     )  # fmt: skip
-    actor = _worker_backend(settings, 1, "actor", None)
-    reflector = _worker_backend(settings, 1, "reflector", None)
+    actor = worker_backend(settings, 1, "actor", None)
+    reflector = worker_backend(settings, 1, "reflector", None)
     assert actor.model_id != reflector.model_id and "judge@sha256:" in reflector.model_id
     judging: dict[str, list[bool]] = {"actor": [], "reflector": []}  # per request: is it a reflect step?
     for name, backend in (("actor", actor), ("reflector", reflector)):

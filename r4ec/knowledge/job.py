@@ -100,7 +100,7 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
         "samples": k.samples, "backend": k.backend, "model": model_identity(k.model),
         "reflector_model": model_identity(k.reflector_model) if k.reflector_model else None,
         "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else None if k.backend == "llama.cpp" else k.dtype,
-        "engine": _engine(settings),
+        "engine": served_engine(settings),
         "server": k.openai_base_url if k.backend == "openai" else None,
         "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
@@ -111,7 +111,7 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
     }  # fmt: skip
 
 
-def _engine(settings: Settings) -> str | None:
+def served_engine(settings: Settings) -> str | None:
     """llama.cpp: the engine build and the type the models are served in (both change the answers)."""
     k = settings.knowledge
     if k.backend != "llama.cpp":
@@ -149,7 +149,7 @@ def part_stamp(run_digest: str, ids: list[str], rows: list[dict]) -> str:
 _WORKER_BACKENDS: dict[str, CachedBackend] = {}  # one loaded model per worker process
 
 
-def _worker_backend(settings: Settings, threads: int, role: str, engine: dict | None) -> CachedBackend:
+def worker_backend(settings: Settings, threads: int, role: str, engine: dict | None) -> CachedBackend:
     """The role's backend (actor or reflector) behind the answer cache; `engine`: the llama.cpp server it uses."""
     k = settings.knowledge
     if role == "reflector" and (k.reflector_model or k.model) == k.model:
@@ -172,7 +172,7 @@ def _pipelines(settings: Settings, engines: dict) -> int:
     return k.openai_concurrency if k.backend == "openai" else 1
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     """A Spark worker's stderr is its task log: r4ec's INFO lines (progress) go there."""
     logger = logging.getLogger("r4ec")
     if not logger.handlers and not logging.getLogger().handlers:
@@ -218,12 +218,12 @@ def _record(chain: Chain, entity: str) -> dict:
 
 def run_part(spec: dict) -> dict:
     """One Spark task: the loop over one part's entities, written as one parquet file."""
-    _log_to_stderr()
+    log_to_stderr()
     settings = Settings.model_validate_json(spec["settings"])
     entity, part = spec["entity"], spec["part"]
     engines = spec.get("engines") or {}
-    backend = _worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
-    reflector = _worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
+    backend = worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
+    reflector = worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
     id_column = f"{entity}_id"
     table = pq.read_table(spec["source"], filters=[(id_column, "in", spec["ids"])])
     by_id = {row[id_column]: row for row in table.to_pylist()}
@@ -288,7 +288,7 @@ def _prepare_output(settings: Settings, entity: str, wanted: dict, overwrite: bo
     return out_dir
 
 
-def _engines(settings: Settings):
+def serving_engines(settings: Settings):
     """The llama.cpp servers the job's tasks talk to, for the length of the job; other backends need none."""
     import contextlib
 
@@ -405,7 +405,7 @@ def _run_parts(
             smollm2_checkpoint(settings.models_dir, resolve_dtype(k.dtype, k.device))  # once here, not in every worker
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))
-        with _engines(settings) as engines:
+        with serving_engines(settings) as engines:
             common = {"settings": settings.model_dump_json(), "entity": entity, "out_dir": str(out_dir),
                       "source": str(source), "threads": threads, "engines": engines}  # fmt: skip
             specs = [{**common, "part": n, "name": names[n], "ids": parts[n], "stamp": stamps[n]} for n in todo]

@@ -112,7 +112,7 @@ class LLM:
     progress: PartProgress | None = None
 
 
-def _ask(
+def ask(
     backend: Backend,
     chains: list[Chain],
     step: str,
@@ -155,7 +155,7 @@ def _ask(
 def _reason(llm: LLM, chains: list[Chain], cfg: LoopConfig, sample: int = 0) -> list[tuple[str, bool]]:
     """[(answer, parsed?)]: a reply that never parsed stands in, clipped, as its own answer."""
     tag = prompts.ANSWER_TAG[cfg.entity]
-    results = _ask(
+    results = ask(
         llm.actor, chains, f"reason-{sample + 1}" if cfg.strategy == "filter" else "reason",
         lambda c, strict: prompts.reason_chat(cfg.entity, cfg.domain, c.inputs, strict=strict),
         lambda reply: parse_answer(reply, tag), cfg.actor_adapter, cfg.reason_generation(), sample, llm.progress,
@@ -171,7 +171,7 @@ def _reflect(llm: LLM, chains: list[Chain], answers: list[str], cfg: LoopConfig,
         reasonable, feedback = parse_judgement(reply)
         return None if reasonable is None else (reasonable, feedback)
 
-    results = _ask(
+    results = ask(
         llm.reflector, chains, step,
         lambda c, strict: prompts.reflect_chat(cfg.entity, cfg.domain, c.inputs, by_chain[id(c)], strict=strict),
         parse, cfg.reflector_adapter, cfg.reflect_generation(), progress=llm.progress,
@@ -187,7 +187,7 @@ def _reflect(llm: LLM, chains: list[Chain], answers: list[str], cfg: LoopConfig,
 
 def _refine(llm: LLM, chains: list[Chain], feedback: list[str | None], cfg: LoopConfig, step: str) -> None:
     notes = {id(c): f or GENERIC_FEEDBACK for c, f in zip(chains, feedback)}
-    results = _ask(
+    results = ask(
         llm.actor, chains, step,
         lambda c, strict: prompts.refine_chat(
             cfg.entity, cfg.domain, c.inputs, c.answers[-1], notes[id(c)], strict=strict

@@ -1,0 +1,124 @@
+"""Algorithm 1 on the real code path: the tiny transformers model behind the real answer cache, with the teacher's
+replies written into the cache first, so that each branch (kept for which sets, dropped for which reason) is driven
+by a reply it would parse."""
+
+from __future__ import annotations
+
+import pytest
+
+from r4ec.knowledge import prompts
+from r4ec.knowledge.backends import Generation, GenerationConfig, Request, TransformersBackend
+from r4ec.knowledge.cache import AnswerCache, CachedBackend, answer_key
+from r4ec.knowledge.loop import Chain
+from r4ec.tuning.construction import DROPS, Construction, Sample, TeacherConfig, construct, decide, examples
+
+HISTORY = [{"item_id": "1", "title": "Toy Story", "release_year": 1995, "category": "Animation", "brand": None, "rating": 5.0}]
+INPUTS = {"user_id": "7", "age": 30, "gender": "F", "occupation": "writer", "history": HISTORY}
+TARGET = {"item_id": "50", "title": "Star Wars", "release_year": 1977, "category": "Action", "brand": None}
+CFG = TeacherConfig(domain="movies", generation=GenerationConfig(max_new_tokens=8))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return TransformersBackend(str(tiny_model), dtype="float32", batch_size=4)
+
+
+@pytest.fixture
+def teacher(model, tmp_path):
+    return CachedBackend(model, AnswerCache(tmp_path / "answers.sqlite"))
+
+
+def sample(label: int, user: str = "7") -> Sample:
+    """Users differ in age: the prompt shows no id, and equal prompts would share their cached replies."""
+    return Sample(f"u{user}", "user", {**INPUTS, "user_id": user, "age": 20 + int(user)}, TARGET, label)
+
+
+def seed(teacher, chat, reply, generation, draw=0):
+    key = answer_key(teacher.model_id, Request.chat(chat, None, draw), generation)
+    teacher.cache.put_many({key: Generation(reply, 10, 5)})
+
+
+def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: str | None = None, draw=0):
+    """The teacher's replies for one sample: its answer and prediction, its verdict, and its refinement."""
+    answer = f"likes {s.inputs['user_id']} cartoons draw {draw}"
+    reason = prompts.reason_chat("user", "movies", s.inputs, TARGET)
+    seed(teacher, reason, f"<preference>{answer}</preference>\n<prediction>{predicts}</prediction>", CFG.reason("user"), draw)
+    if verdict is not None:
+        reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET)
+        seed(teacher, reflect, f"<judgement>{verdict}</judgement><reflection>cite the ratings</reflection>", CFG.reflect())
+    if refined is not None:
+        refine = prompts.refine_chat("user", "movies", s.inputs, answer, "cite the ratings", TARGET)
+        seed(teacher, refine, f"<refined>rated Toy Story 5</refined>\n<prediction>{refined}</prediction>", CFG.refine())
+    return answer
+
+
+def test_the_filter_keeps_and_drops_exactly_as_algorithm_1_says():
+    def outcome(prediction, label, reasonable, refined=None, answer="a"):
+        c = Construction(sample(label), 0, Chain(inputs=INPUTS), answer, prediction, reasonable, "fix", "r" if refined is not None else None, refined)
+        return decide(c)
+
+    assert outcome(True, 1, True) == (("reason", "reflect"), None)
+    assert outcome(False, 0, True) == (("reason", "reflect"), None)
+    assert outcome(True, 1, False) == ((), "correct_judged_unreasonable")
+    assert outcome(True, 0, True) == ((), "wrong_judged_reasonable")
+    assert outcome(True, 0, False, refined=False) == (("reflect", "refine"), None)
+    assert outcome(True, 0, False, refined=True) == ((), "refinement_still_wrong")
+    assert outcome(True, 0, False, refined=None) == ((), "refinement_unparsed")
+    assert outcome(None, 1, None) == ((), "no_prediction")
+    assert outcome(True, 1, None) == ((), "no_verdict")
+    assert outcome(None, 1, None, answer=None) == ((), "no_answer")
+    assert set(DROPS) == {"no_answer", "no_prediction", "no_verdict", "correct_judged_unreasonable",
+                          "wrong_judged_reasonable", "refinement_unparsed", "refinement_still_wrong"}  # fmt: skip
+
+
+def test_each_branch_through_the_teacher(teacher):
+    liked, disliked = sample(1, "1"), sample(0, "2")
+    kept = seed_chain(teacher, liked, "yes", "reasonable")  # correct, reasonable
+    seed_chain(teacher, sample(1, "3"), "yes", "not reasonable")  # correct, rejected
+    seed_chain(teacher, sample(0, "4"), "yes", "reasonable")  # wrong, accepted
+    corrected = seed_chain(teacher, disliked, "yes", "not reasonable", refined="no")  # wrong, rejected, fixed
+    seed_chain(teacher, sample(0, "5"), "yes", "not reasonable", refined="yes")  # wrong, rejected, still wrong
+    samples = [liked, sample(1, "3"), sample(0, "4"), disliked, sample(0, "5")]
+    runs = {c.sample.sample_id: c for c in construct(teacher, samples, CFG)}
+    assert runs["u1"].sets == ("reason", "reflect") and runs["u1"].answer == kept
+    assert runs["u3"].drop == "correct_judged_unreasonable"
+    assert runs["u4"].drop == "wrong_judged_reasonable"
+    assert runs["u2"].sets == ("reflect", "refine") and runs["u2"].refined == "rated Toy Story 5"
+    assert runs["u5"].drop == "refinement_still_wrong"
+    assert all(c.chain.llm_calls == 0 for c in runs.values())  # every reply came from the seeded cache
+
+    reason, reflect = examples(runs["u1"], "movies", {"teacher": teacher.model_id})
+    assert reason.dataset == "reason" and reason.messages[-1]["content"] == f"<preference>{kept}</preference>"
+    assert "Star Wars" not in reason.messages[1]["content"]  # the inference prompt: no target shown
+    assert reflect.messages[-1]["content"].startswith("<judgement>reasonable</judgement>")
+    negative, refine = examples(runs["u2"], "movies", {"teacher": teacher.model_id})
+    assert negative.messages[-1]["content"] == "<judgement>not reasonable</judgement>\n<reflection>cite the ratings</reflection>"
+    assert negative.messages[:-1] == prompts.reflect_chat("user", "movies", disliked.inputs, corrected)
+    assert refine.messages[-1]["content"] == "<refined>rated Toy Story 5</refined>"
+    assert refine.provenance == {"teacher": teacher.model_id, "sample_id": "u2", "draw": 0, "label": 0, "target": "50"}
+
+
+def test_a_reply_without_a_prediction_is_asked_again_then_dropped(teacher):
+    s = sample(1, "9")
+    answer_only = "<preference>likes cartoons</preference>"
+    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), answer_only, CFG.reason("user"))
+    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET, strict=True), answer_only, CFG.reason("user"))
+    (c,) = construct(teacher, [s], CFG)
+    assert c.drop == "no_prediction" and c.answer == "likes cartoons"
+    assert [r["step"] for r in c.chain.replies] == ["construct-reason-1", "construct-reason-1 (strict)"]
+    assert c.chain.parse_failures == ["construct-reason-1"]
+
+
+def test_rejection_sampling_filters_every_draw(teacher):
+    cfg = TeacherConfig(domain="movies", generation=GenerationConfig(max_new_tokens=8), draws=2)
+    s = sample(1, "8")
+    for draw, predicts in ((0, "yes"), (1, "no")):
+        answer = f"draw {draw}"
+        reason = prompts.reason_chat("user", "movies", s.inputs, TARGET)
+        seed(teacher, reason, f"<preference>{answer}</preference><prediction>{predicts}</prediction>", cfg.reason("user"), draw)
+        reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET)
+        seed(teacher, reflect, "<judgement>reasonable</judgement><reflection>none</reflection>", cfg.reflect())
+    first, second = construct(teacher, [s], cfg)
+    assert (first.draw, first.sets) == (0, ("reason", "reflect"))
+    assert (second.draw, second.drop) == (1, "wrong_judged_reasonable")
+    assert cfg.reason("user").temperature == 0.8 and CFG.reason("user").temperature == 0.0

@@ -1,0 +1,85 @@
+"""`r4ec tuning build-data` on real ml-100k marts, as a real local Spark job with the tiny random model as teacher.
+One sample's replies are written into the real answer cache first (a correct, reasonable answer), so the data sets
+get an example through the whole job; the others go through the model (and are dropped: it writes noise)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from r4ec import layout
+from r4ec.cli import main
+from r4ec.config import Settings
+from r4ec.knowledge import prompts
+from r4ec.knowledge.backends import Generation, Request, TransformersBackend
+from r4ec.knowledge.cache import AnswerCache, answer_key
+from r4ec.tuning.job import teacher_config
+from r4ec.tuning.samples import held_out_users, user_samples
+
+pytestmark = pytest.mark.integration
+USERS = 6
+
+
+@pytest.fixture
+def settings(ml100k, tiny_model, tmp_path, monkeypatch) -> Settings:
+    """What the command will run with: the teacher's settings as R4EC_* variables (the CLI reads them too)."""
+    shutil.copytree(ml100k.marts_dir, Settings(data_dir=tmp_path).marts_dir)
+    variables = {"DATA_DIR": tmp_path, "KNOWLEDGE__BACKEND": "transformers", "KNOWLEDGE__MODEL": tiny_model,
+                 "KNOWLEDGE__DTYPE": "float32", "KNOWLEDGE__MAX_NEW_TOKENS": 8, "KNOWLEDGE__PARTITION_SIZE": 4,
+                 "KNOWLEDGE__SPARK_MASTER": "local[2]", "TUNING__LIMIT": USERS}  # fmt: skip
+    for name, value in variables.items():
+        monkeypatch.setenv(f"R4EC_{name}", str(value))
+    return Settings()
+
+
+def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
+    """The first sample's teacher replies: the right prediction, judged reasonable."""
+    sample = user_samples(settings)[0][0]
+    model_id = TransformersBackend(str(tiny_model), dtype="float32").model_id
+    cfg, cache = teacher_config(settings), AnswerCache(settings.answer_cache_path)
+    predicts = "yes" if sample.label else "no"
+    answer = "enjoys light comedies rated 4 and 5"
+    replies = [
+        (prompts.reason_chat("user", "movies", sample.inputs, sample.target), cfg.reason("user"),
+         f"<preference>{answer}</preference>\n<prediction>{predicts}</prediction>"),
+        (prompts.reflect_chat("user", "movies", sample.inputs, answer, sample.target), cfg.reflect(),
+         "<judgement>reasonable</judgement>\n<reflection>none</reflection>"),
+    ]  # fmt: skip
+    cache.put_many({answer_key(model_id, Request.chat(chat, None, 0), gen): Generation(reply, 10, 5)
+                    for chat, gen, reply in replies})  # fmt: skip
+    return sample.sample_id
+
+
+def test_build_data_writes_the_sets_and_a_card_without_held_out_users(settings, tiny_model, capsys):
+    kept = seed_a_kept_answer(settings, tiny_model)
+    assert main(["tuning", "build-data"]) == 0
+    assert "SFT data: 6 samples" in capsys.readouterr().out
+    sft = layout.sft_dir(settings)
+    card = json.loads((sft / "card.json").read_text())
+    assert card["constructions"] == USERS
+    assert card["examples"]["reason"] >= 1 and card["examples"]["reflect"] >= 1
+    assert sum(card["dropped"].values()) == USERS - card["examples"]["reason"] - card["examples"]["refine"]
+    reason = [json.loads(line) for line in (sft / "reason.jsonl").read_text().splitlines()]
+    ours = [e for e in reason if e["provenance"]["sample_id"] == kept]
+    assert len(ours) == 1 and ours[0]["messages"][-1]["content"] == "<preference>enjoys light comedies rated 4 and 5</preference>"
+    assert ours[0]["messages"][0]["role"] == "system" and ours[0]["provenance"]["prompt_version"] == prompts.PROMPT_VERSION
+
+    held_out = set(card["held_out_users"])
+    users = {line["provenance"]["sample_id"].split("-")[1] for name in ("reason", "reflect", "refine")
+             for line in map(json.loads, (sft / f"{name}.jsonl").read_text().splitlines())}  # fmt: skip
+    assert held_out and not users & held_out
+    assert 0.05 < len(held_out) / 943 < 0.15  # about held_out_fraction of the users
+    assert held_out == held_out_users([str(u) for u in range(1, 944)], 0.1, settings.seed)
+
+
+def test_a_second_run_asks_the_teacher_nothing(settings, capsys):
+    args = ["tuning", "build-data"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "0 parts run now, 0 LLM calls" in again and again.split(";")[0] == first.split(";")[0]
+    assert main([*args, "--users", "3"]) == 2  # other settings: refused, not mixed
+    assert "pass --overwrite" in capsys.readouterr().err

@@ -124,6 +124,12 @@ def cmd_tuning_train(args: argparse.Namespace) -> None:
     print(train_adapter(path, name, chats, data, adapter_dir(settings, args.role), chosen).line())
 
 
+def cmd_tuning_evaluate(args: argparse.Namespace) -> None:
+    from r4ec.tuning.evaluate import evaluate
+
+    print(evaluate(_settings(args), per_user=args.targets_per_user).line())
+
+
 def cmd_knowledge_encode(args: argparse.Namespace) -> None:
     from r4ec.encoding import encode_knowledge
 
@@ -515,6 +521,20 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--epochs", type=int, help="default: the profile's (3)")
     lora.add_argument("--learning-rate", type=float, help="default: the profile's")
     lora.add_argument("--batch-size", type=int, help="default: the profile's")
+
+    assess = command(
+        tuning,
+        "evaluate",
+        cmd_tuning_evaluate,
+        "The base and the tuned actor and reflector side by side on the held-out users (several training-period "
+        "targets each): the actor's like / dislike accuracy, the reflector's share of verdicts and the AUC of its "
+        "rejections for wrong predictions, refinements that fix or break a prediction, with bootstrap intervals; "
+        "written to DATA_DIR/tuning/DATASET/evaluation/. The adapters default to those `tuning train` wrote.",
+    )
+    assess.add_argument("--actor-adapter", type=Path, help="default: DATA_DIR/tuning/DATASET/adapters/actor/adapter")
+    assess.add_argument("--reflector-adapter", type=Path, help="default: .../adapters/reflector/adapter")
+    assess.add_argument("--targets-per-user", type=int, default=2, help="training-period targets per held-out user (default: 2)")
+    assess.add_argument("--held-out-fraction", type=float, help="as at build-data (default: 0.1)")
 
     models = group("models", "local model files")
     fetch = command(

@@ -132,6 +132,11 @@ def adapter_dir(settings: Settings, role: str) -> Path:
     return settings.tuning_dir / "adapters" / role
 
 
+def evaluation_dir(settings: Settings) -> Path:
+    """The held-out comparison of the base and the tuned pair: evaluation.json, evaluation.md, outcomes.jsonl."""
+    return settings.tuning_dir / "evaluation"
+
+
 def training_set_path(settings: Settings, service: str) -> Path:
     """One file per feature service; a sampled run's service name already says so."""
     return settings.training_dir / f"{service}.parquet"

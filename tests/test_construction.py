@@ -38,17 +38,23 @@ def seed(teacher, chat, reply, generation, draw=0):
     teacher.cache.put_many({key: Generation(reply, 10, 5)})
 
 
-def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: str | None = None, draw=0):
-    """The teacher's replies for one sample: its answer and prediction, its verdict, and its refinement."""
-    answer = f"likes {s.inputs['user_id']} cartoons draw {draw}"
-    reason = prompts.reason_chat("user", "movies", s.inputs, TARGET)
-    seed(teacher, reason, f"<preference>{answer}</preference>\n<prediction>{predicts}</prediction>", CFG.reason("user"), draw)
+def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: str | None = None, draw=0,
+               cfg: TeacherConfig = CFG):  # fmt: skip
+    """The teacher's replies for one sample: its answer, its prediction, its verdict, its refinement and the
+    refinement's prediction, each at the conversation it answers."""
+    answer, said = f"likes {s.inputs['user_id']} cartoons draw {draw}", predicts == "yes"
+    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), f"<preference>{answer}</preference>",
+         cfg.reason("user"), draw)  # fmt: skip
+    answered = prompts.answered_chat("user", "movies", s.inputs, answer, TARGET)
+    seed(teacher, prompts.predict_chat(answered, "movies"), f"<prediction>{predicts}</prediction>", cfg.predict())
     if verdict is not None:
-        reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET)
-        seed(teacher, reflect, f"<judgement>{verdict}</judgement><reflection>cite the ratings</reflection>", CFG.reflect())
+        reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET, prediction=said)
+        seed(teacher, reflect, f"<judgement>{verdict}</judgement><reflection>cite the ratings</reflection>", cfg.reflect())
     if refined is not None:
-        refine = prompts.refine_chat("user", "movies", s.inputs, answer, "cite the ratings", TARGET)
-        seed(teacher, refine, f"<refined>rated Toy Story 5</refined>\n<prediction>{refined}</prediction>", CFG.refine())
+        refine = prompts.refine_chat("user", "movies", s.inputs, answer, "cite the ratings", TARGET, prediction=said)
+        seed(teacher, refine, "<refined>rated Toy Story 5</refined>", cfg.refine())
+        after = refine + [{"role": "assistant", "content": "<refined>rated Toy Story 5</refined>"}]
+        seed(teacher, prompts.predict_chat(after, "movies"), f"<prediction>{refined}</prediction>", cfg.predict())
     return answer
 
 
@@ -98,27 +104,27 @@ def test_each_branch_through_the_teacher(teacher):
     assert refine.provenance == {"teacher": teacher.model_id, "sample_id": "u2", "draw": 0, "label": 0, "target": "50"}
 
 
-def test_a_reply_without_a_prediction_is_asked_again_then_dropped(teacher):
+def test_a_prediction_that_does_not_parse_is_asked_again_then_dropped(teacher):
     s = sample(1, "9")
-    answer_only = "<preference>likes cartoons</preference>"
-    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), answer_only, CFG.reason("user"))
-    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET, strict=True), answer_only, CFG.reason("user"))
+    seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), "<preference>likes cartoons</preference>",
+         CFG.reason("user"))  # fmt: skip
+    predict = prompts.predict_chat(prompts.answered_chat("user", "movies", s.inputs, "likes cartoons", TARGET), "movies")
+    seed(teacher, predict, "<prediction>perhaps</prediction>", CFG.predict())
     (c,) = construct(teacher, [s], CFG)
     assert c.drop == "no_prediction" and c.answer == "likes cartoons"
-    assert [r["step"] for r in c.chain.replies] == ["construct-reason-1", "construct-reason-1 (strict)"]
-    assert c.chain.parse_failures == ["construct-reason-1"]
+    steps = [r["step"] for r in c.chain.replies]
+    assert steps == ["construct-reason-1", "construct-predict", "construct-predict (strict)"]
+    assert c.chain.parse_failures == ["construct-predict"] and c.chain.llm_calls == 1  # the strict retry ran the model
+    assert CFG.predict().grammar and CFG.predict().max_new_tokens <= 8 and CFG.predict().prefix == "<prediction>"
 
 
 def test_rejection_sampling_filters_every_draw(teacher):
     cfg = TeacherConfig(domain="movies", generation=GenerationConfig(max_new_tokens=8), draws=2)
     s = sample(1, "8")
     for draw, predicts in ((0, "yes"), (1, "no")):
-        answer = f"draw {draw}"
-        reason = prompts.reason_chat("user", "movies", s.inputs, TARGET)
-        seed(teacher, reason, f"<preference>{answer}</preference><prediction>{predicts}</prediction>", cfg.reason("user"), draw)
-        reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET)
-        seed(teacher, reflect, "<judgement>reasonable</judgement><reflection>none</reflection>", cfg.reflect())
+        seed_chain(teacher, s, predicts, "reasonable", draw=draw, cfg=cfg)
     first, second = construct(teacher, [s], cfg)
     assert (first.draw, first.sets) == (0, ("reason", "reflect"))
     assert (second.draw, second.drop) == (1, "wrong_judged_reasonable")
     assert cfg.reason("user").temperature == 0.8 and CFG.reason("user").temperature == 0.0
+    assert cfg.predict().temperature == 0.0  # draws differ in their rationale; the prediction is read greedily

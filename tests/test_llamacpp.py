@@ -10,6 +10,7 @@ import shutil
 import pyarrow.dataset as ds
 import pytest
 
+from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
 from r4ec.knowledge.backends import SMOLLM2, BackendError, LlamaCppBackend, Request
@@ -95,3 +96,46 @@ def test_the_job_on_llama_cpp_writes_parts_resumes_and_reports_progress(ml1m, tm
     again = generate_knowledge(settings, "user")
     assert (again.parts_run, again.llm_calls) == (1, 0)  # the lost part's answers come from the answer cache
     assert generate_knowledge(settings, "user").parts_run == 0
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tmp_path_factory):
+    """A LoRA on the shipped SmolLM2 with random B matrices (every linear layer): it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from r4ec.local_models import smollm2_checkpoint
+
+    root = tmp_path_factory.mktemp("lora")
+    base = smollm2_checkpoint(root / "models", "float32")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.05
+    model.save_pretrained(root / "actor" / "adapter")
+    return root
+
+
+def test_a_peft_adapter_served_by_llama_cpp_answers_as_transformers_does(random_adapter, tmp_path):
+    from r4ec.knowledge.backends import TransformersBackend, build_backend
+
+    adapter = random_adapter / "actor" / "adapter"
+    settings = Settings(data_dir=tmp_path, knowledge={"slots": 2, "actor_adapter": adapter})
+    chat, cfg = prompts.reason_chat("user", "movies", USER), loop_config(settings, "user").reason_generation()
+    # plain greedy: the engines' repetition penalties differ in how they count a prompt's repeated tokens
+    cfg = type(cfg)(**{**cfg.__dict__, "max_new_tokens": 24, "stop": (), "repetition_penalty": 1.0})
+    local = TransformersBackend(SMOLLM2, random_adapter / "models", "float32", adapters={"actor": adapter})
+    expected = {name: local.generate([Request.chat(chat, name)], cfg)[0].text for name in (None, "actor")}
+    assert expected[None] != expected["actor"]  # the adapter changes the answer
+
+    with llamacpp.serving(settings, tmp_path / "logs") as engines:
+        backend = build_backend(settings, engine=engines["actor"])
+        served = {name: backend.generate([Request.chat(chat, name)], cfg)[0].text for name in (None, "actor")}
+        with pytest.raises(BackendError, match="adapter 'reflector' is not loaded"):
+            backend.generate([Request.chat(chat, "reflector")], cfg)
+    assert served == expected  # greedy, the same words: the conversion kept every LoRA pair where it belongs
+    assert backend.model_id.endswith(f":actor=adapter@{fingerprint.of_folder(adapter)}")  # a retrained one is new
+    assert len(list((tmp_path / "models" / "adapters").glob("*.lora.gguf"))) == 1

@@ -5,6 +5,7 @@ what it generates, and a killed run resumes from its checkpoint."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -39,11 +40,16 @@ def test_only_the_reply_carries_the_loss(tiny_model):
     assert short_labels[-len(answered) :] == labels[-len(answered) :] and len(short_ids) == len(ids) - 10  # cut the prompt
 
 
-def test_training_lowers_the_loss_and_the_adapter_changes_generation(tiny_model, tmp_path):
+def test_training_lowers_the_loss_and_the_adapter_changes_generation(tiny_model, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("r4ec.tuning.lora.PROGRESS_INTERVAL_S", 0.0)  # a progress line after every step
+    caplog.set_level(logging.INFO, logger="r4ec")
     chats = [chat(n) for n in range(10)]
     result = train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "actor", FAST)
     losses = [e["train_loss"] for e in result.epochs]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    progress = [r.getMessage() for r in caplog.records if "tokens/s, ETA" in r.getMessage()]
+    assert progress[0].startswith("epoch 1/3: step 1/2") and progress[-1].startswith("epoch 3/3: step 2/2")
+    assert progress[-1].endswith("ETA 0s")
     record = json.loads((tmp_path / "actor" / "training.json").read_text())
     assert record["data"] == {"reason.jsonl": "x"} and record["recipe"]["rank"] == 4 and record["valid"] == 2
 

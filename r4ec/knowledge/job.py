@@ -163,7 +163,7 @@ def worker_backend(settings: Settings, threads: int, role: str, engine: dict | N
     return _WORKER_BACKENDS[key]
 
 
-def _pipelines(settings: Settings, engines: dict) -> int:
+def pipelines(settings: Settings, engines: dict) -> int:
     """Entities in flight at once: a server that batches continuously gets one pipeline per slot; a local model
     batches each step itself (one pipeline)."""
     k = settings.knowledge
@@ -232,7 +232,7 @@ def run_part(spec: dict) -> dict:
     started = time.perf_counter()
     interval = settings.knowledge.progress_interval_s
     with PartProgress(part, len(spec["ids"]), progress_path, cfg.steps(), interval) as progress:
-        chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg, reflector, progress, _pipelines(settings, engines))
+        chains = run_loop(backend, [by_id[i] for i in spec["ids"]], cfg, reflector, progress, pipelines(settings, engines))
     seconds = time.perf_counter() - started
     log.info("%s knowledge part %d: %s", entity, part, progress.line())
     judge = reflector.model_id if reflector is not backend else None

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from r4ec import fingerprint
-from r4ec.knowledge.backends import BackendError
+from r4ec.knowledge.backends import BackendError, adapter_suffix
+from r4ec.knowledge.gguf_lora import adapter_gguf
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class LlamaServer:
 
     def __init__(
         self, model: Path, log_path: Path, slots: int = 16, context_per_slot: int = 2048, threads: int | None = None,
-        cache_ram_mib: int = 2048, ready_timeout_s: float = 120.0,
+        cache_ram_mib: int = 2048, ready_timeout_s: float = 120.0, loras: tuple[Path, ...] = (),
     ) -> None:  # fmt: skip
         self.model, self.log_path, self.slots = model, log_path, slots
         self.port = free_port()
@@ -88,6 +89,10 @@ class LlamaServer:
             "--threads", str(threads), "--threads-batch", str(threads), "--cache-ram", str(cache_ram_mib),
             "--no-webui", "--metrics",
         ]  # fmt: skip
+        for lora in loras:  # loaded at scale 0: a request names the one it wants (LlamaCppBackend)
+            self.command += ["--lora", str(lora)]
+        if loras:
+            self.command.append("--lora-init-without-apply")
         self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen | None = None
 
@@ -160,14 +165,15 @@ def model_identity(model: str, quantization: str) -> str:
 
 def serving(settings, log_dir: Path):
     """Start a server for the actor's model and, where another is configured, one for the reflector's; returns a
-    context manager yielding {"actor": {...}, "reflector": {...}}: each the url and identity its workers use."""
+    context manager yielding {"actor": {...}, "reflector": {...}}: each the url and identity its workers use. LoRA
+    adapters (the tuned actor and reflector) are served by the one server, chosen per request."""
     import contextlib
 
     k = settings.knowledge
-    if k.actor_adapter or k.reflector_adapter:
-        raise BackendError("the llama.cpp backend does not load LoRA adapters yet: use --backend transformers")
-
     models = {"actor": k.model, "reflector": k.reflector_model or k.model}
+    adapters = {role: path for role, path in (("actor", k.actor_adapter), ("reflector", k.reflector_adapter)) if path}
+    if adapters and models["reflector"] != models["actor"]:
+        raise BackendError("LoRA adapters are tuned on one base model: drop --reflector-model to serve them")
     # two servers busy at once (entities are pipelined) share the cores: ggml's threads spin while they wait, and
     # two servers with a thread per core each decoded Qwen at 0.4 tokens/s per sequence
     threads = max(1, (os.cpu_count() or 1) // len(set(models.values())))
@@ -181,11 +187,14 @@ def serving(settings, log_dir: Path):
                     engines[role] = engines["actor"]
                     continue
                 path = model_file(model, k.quantization, settings.models_dir)
+                loras = {name: adapter_gguf(folder, path, settings.models_dir / "adapters") for name, folder in adapters.items()}
                 server = stack.enter_context(
-                    LlamaServer(path, log_dir / f"llama-server-{role}.log", k.slots, k.context_per_slot, threads)
-                )
+                    LlamaServer(path, log_dir / f"llama-server-{role}.log", k.slots, k.context_per_slot, threads,
+                                loras=tuple(loras.values()))
+                )  # fmt: skip
                 engines[role] = {"url": server.base_url, "model": path.name, "slots": k.slots, "context": k.context_per_slot,
-                                 "identity": model_identity(model, k.quantization)}  # fmt: skip
+                                 "identity": model_identity(model, k.quantization) + adapter_suffix(adapters),
+                                 "adapters": {name: n for n, name in enumerate(loras)}}  # fmt: skip
             yield engines
 
     return servers()

@@ -16,12 +16,13 @@ The reason and refine prompts show no answer template: the engine starts the rep
 at the first closing tag. With a template (`<preference>your analysis</preference>`), 57 of 64 SmolLM2 reason
 replies began "Your analysis is off to a great start! Here's a rewritten version..." and reviewed an answer nobody
 had written; without one, none did (v2 -> v3, 64 ml-100k users, greedy). The strict retry, for engines that do not
-prefill, names the tags. Only the construction variant, with two sections, shows its format. Refine repeats the
+prefill, names the tags. The construction variant asks its like / dislike prediction as a turn of its own. Refine repeats the
 task ("Describe again ...") rather than asking for "an improved answer", which SmolLM2 answered with an account of
 its edits ("Here is a revised version ... I made several changes") in 48 of 64 refinements; 21 with the task.
 
-Answers are tagged sections, parsed by `parsing.py`. Change PROMPT_VERSION whenever a template changes: it is
-stored with every answer and is part of the cache key (through the prompt text).
+Answers are tagged sections, parsed by `parsing.py`. Change PROMPT_VERSION whenever an inference template changes,
+CONSTRUCTION_VERSION when the construction variant does: they are stored with every answer (and the prompt text is
+part of the cache key).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PROMPT_VERSION = "r4ec-prompts-v3"
+PROMPT_VERSION = "r4ec-prompts-v3"  # the inference prompts (no target shown)
+CONSTRUCTION_VERSION = "r4ec-construction-v2"  # the construction variant: the prediction as its own turn
 MAX_WORDS = 150  # an answer: about 200 tokens, inside the encoder's 256-token window (all-MiniLM-L6-v2)
 REFLECTION_WORDS = 80
 
@@ -128,34 +130,59 @@ def reason_chat(entity: Entity, domain: Domain, inputs: dict, target: dict | Non
     words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
     lines = [_facts(entity, inputs, words) + _target(target, words), "", _task(entity, words)]
     lines.append(f"Use at most {MAX_WORDS} words.")
-    if target:
-        lines += [
-            f"Then say whether the {words.person} will like the target {words.thing}.",
-            "Answer in exactly this format:",
-            f"<{tag}>...</{tag}>\n<prediction>yes or no</prediction>",
-        ]
     if strict:
-        lines.append(_insist(tag, target))
+        lines.append(_insist(tag))
     return [_message("system", SYSTEM), _message("user", "\n".join(lines))]
 
 
-def _insist(tag: str, target: dict | None) -> str:
+def predict_chat(answered: Chat, domain: Domain, strict: bool = False) -> Chat:
+    """The construction variant's prediction, asked as its own turn after an answer (reason or refine): SmolLM2 did
+    not write a second section after its answer in 38 of 40 two-section replies, and a turn of its own can be held
+    to "yes" or "no" (PREDICTION_GRAMMAR on llama.cpp) while its prefix comes from the engine's cache."""
+    words = VOCABULARY[domain]
+    question = f"Will this {words.person} like the target {words.thing}? Answer yes or no."
+    if strict:
+        question += " Write only <prediction>yes</prediction> or <prediction>no</prediction>."
+    return answered + [_message("user", question)]
+
+
+def _insist(tag: str) -> str:
     """The strict retry's last line: the tags, said outright."""
-    if target:
-        return f"Write nothing outside the tags. Start your reply with <{tag}>."
     return f"Write your answer between <{tag}> and </{tag}>, and nothing outside them."
 
 
-def _answered(entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None) -> Chat:
-    """The reason conversation with the actor's answer as its reply: the prefix reflect and refine share with it."""
+def answered_chat(entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None = None) -> Chat:
+    """The reason conversation with the actor's answer as its reply."""
     tag = ANSWER_TAG[entity]
     return reason_chat(entity, domain, inputs, target) + [_message("assistant", f"<{tag}>{answer}</{tag}>")]
 
 
-def reflect_chat(
-    entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None = None, strict: bool = False
+def _answered(
+    entity: Entity, domain: Domain, inputs: dict, answer: str, target: dict | None, prediction: bool | None
 ) -> Chat:
-    """The reflector judges the answer in the conversation that produced it: it sees the same facts and task."""
+    """The prefix reflect and refine share with the reason step: its conversation, and with a target the prediction
+    turn after it."""
+    chat = answered_chat(entity, domain, inputs, answer, target)
+    if target is None:
+        return chat
+    return predict_chat(chat, domain) + [_message("assistant", prediction_reply(prediction))]
+
+
+def prediction_reply(prediction: bool | None) -> str:
+    return f"<prediction>{'yes' if prediction else 'no'}</prediction>"
+
+
+def reflect_chat(
+    entity: Entity,
+    domain: Domain,
+    inputs: dict,
+    answer: str,
+    target: dict | None = None,
+    strict: bool = False,
+    prediction: bool | None = None,
+) -> Chat:
+    """The reflector judges the answer in the conversation that produced it: it sees the same facts and task (and,
+    in the construction variant, the target and the actor's prediction for it)."""
     words = VOCABULARY[domain]
     lines = [
         "Now review that answer strictly. It is reasonable only if every claim is supported by the ratings and "
@@ -171,7 +198,7 @@ def reflect_chat(
     ]
     if strict:
         lines.append("Write nothing outside the tags. Start your reply with <judgement>.")
-    return _answered(entity, domain, inputs, answer, target) + [_message("user", "\n".join(lines))]
+    return _answered(entity, domain, inputs, answer, target, prediction) + [_message("user", "\n".join(lines))]
 
 
 def refine_chat(
@@ -182,23 +209,19 @@ def refine_chat(
     feedback: str,
     target: dict | None = None,
     strict: bool = False,
+    prediction: bool | None = None,
 ) -> Chat:
-    """The actor rewrites its answer, given the reviewer's feedback, in the conversation that produced it."""
+    """The actor rewrites its answer, given the reviewer's feedback, in the conversation that produced it. In the
+    construction variant the new prediction is asked afterwards, as its own turn (`predict_chat`)."""
     words = VOCABULARY[domain]
     lines = [
         "A reviewer judged your answer not reasonable and wrote:",
         f"<reflection>{feedback}</reflection>",
         f"{_task(entity, words, again=True)} Fix what the reviewer pointed out. Use at most {MAX_WORDS} words.",
     ]
-    if target:
-        lines += [
-            f"Then say whether the {words.person} will like the target {words.thing}.",
-            "Answer in exactly this format:",
-            "<refined>...</refined>\n<prediction>yes or no</prediction>",
-        ]
     if strict:
-        lines.append(_insist("refined", target))
-    return _answered(entity, domain, inputs, answer, target) + [_message("user", "\n".join(lines))]
+        lines.append(_insist("refined"))
+    return _answered(entity, domain, inputs, answer, target, prediction) + [_message("user", "\n".join(lines))]
 
 
 def _message(role: str, content: str) -> dict[str, str]:

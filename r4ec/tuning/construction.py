@@ -1,8 +1,9 @@
 """Algorithm 1 of the paper: SFT examples for the actor and the reflector from a teacher's construction answers.
 
 A sample is a user's LLM history and one training-period target item with its label. The teacher
-1. reasons with the target shown and predicts like / dislike (the construction variant of the reason prompt);
-2. reflects on that answer, target shown: a verdict and feedback;
+1. reasons with the target shown (the construction variant of the reason prompt), then predicts like / dislike in
+   a turn of its own (a small model does not reliably write a second section after its answer);
+2. reflects on that answer and prediction, target shown: a verdict and feedback;
 3. where the prediction was wrong and judged not reasonable, refines the answer with the feedback and predicts again.
 
     correct, judged reasonable                          -> D_reason (the answer), D_reflect (a positive)
@@ -17,11 +18,12 @@ that many rationales per sample (rejection sampling) and each goes through the s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import Backend, GenerationConfig
-from r4ec.knowledge.loop import VERDICT_GRAMMAR, Chain, ask
+from r4ec.knowledge.loop import ANY_CLOSING_TAG, VERDICT_GRAMMAR, Chain, ask
 from r4ec.knowledge.parsing import parse_answer, parse_judgement, parse_prediction
 from r4ec.knowledge.progress import PartProgress
 
@@ -86,91 +88,149 @@ def decide(c: Construction) -> tuple[tuple[str, ...], str | None]:
     return ("reflect", "refine"), None
 
 
+# The prediction turn's reply after its prefilled "<prediction>": held to a verdict where the engine takes a grammar.
+PREDICTION_GRAMMAR = 'root ::= ("yes" | "no") "</prediction>"'
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     domain: prompts.Domain
     generation: GenerationConfig = GenerationConfig()
     draws: int = 1  # rationales per sample; more than one samples at `temperature`
     temperature: float = 0.8
-    adapter: str | None = None
+    adapter: str | None = None  # the actor's (reason, predict, refine)
+    reflector_adapter: str | None = None
+    # evaluation: the reflector gets the inference prompt (no target), as a tuned one was trained, and every answer
+    # it rejects is refined, right or wrong, as at inference
+    evaluation: bool = False
 
     def _with(self, opening: str, stop: str, sampled: bool = False) -> GenerationConfig:
         temperature = self.temperature if sampled and self.draws > 1 else self.generation.temperature
         return replace(self.generation, prefix=f"<{opening}>", stop=(stop,), temperature=temperature)
 
+    def steps(self) -> int:
+        """LLM steps a sample goes through at most (strict retries aside): reason, predict, reflect, refine, predict."""
+        return 5 * self.draws
+
     def reason(self, entity: prompts.Entity) -> GenerationConfig:
-        return self._with(prompts.ANSWER_TAG[entity], "</prediction>", sampled=True)
+        return self._with(prompts.ANSWER_TAG[entity], ANY_CLOSING_TAG, sampled=True)
+
+    def predict(self) -> GenerationConfig:
+        config = self._with("prediction", "</prediction>")
+        return replace(config, grammar=PREDICTION_GRAMMAR, max_new_tokens=min(8, config.max_new_tokens))
 
     def reflect(self) -> GenerationConfig:
         return replace(self._with("judgement", "</reflection>"), grammar=VERDICT_GRAMMAR)
 
     def refine(self) -> GenerationConfig:
-        return self._with("refined", "</prediction>")
-
-
-def _answer_and_prediction(tag: str):
-    def parse(reply: str) -> tuple[str, bool] | None:
-        answer, prediction = parse_answer(reply, tag), parse_prediction(reply)
-        return None if answer is None or prediction is None else (answer, prediction)
-
-    return parse
+        return self._with("refined", ANY_CLOSING_TAG)
 
 
 def construct(
-    teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, progress: PartProgress | None = None
+    teacher: Backend,
+    samples: Sequence[Sample],
+    cfg: TeacherConfig,
+    progress: PartProgress | None = None,
+    concurrency: int = 1,
 ) -> list[Construction]:
-    """Every draw of every sample through reason -> reflect -> (refine), each step batched; one Construction each."""
+    """Every draw of every sample through reason -> predict -> reflect -> (refine -> predict); one Construction each.
+    The teacher plays both parts (a tuned pair: through its adapters, `cfg.adapter` and `cfg.reflector_adapter`).
+
+    concurrency 1: each step batched over all samples (transformers' static batches); N: N samples at a time, each
+    at its own pace, so a continuously batching server (llama.cpp) never waits for a step's slowest reply."""
+    if concurrency > 1 and len(samples) > 1:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            done = pool.map(lambda sample: _construct(teacher, [sample], cfg, progress), samples)
+            return [c for constructions in done for c in constructions]
+    return _construct(teacher, samples, cfg, progress)
+
+
+def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, progress) -> list[Construction]:
     runs = [Construction(s, d, Chain(inputs=s.inputs)) for s in samples for d in range(cfg.draws)]
-    by_chain = {id(c.chain): c for c in runs}
     for entity in dict.fromkeys(s.entity for s in samples):
         group = [c for c in runs if c.sample.entity == entity]
-        _reason(teacher, group, entity, cfg, by_chain, progress)
-        judged = [c for c in group if c.answer is not None and c.prediction is not None]
-        _reflect(teacher, judged, entity, cfg, by_chain, progress)
-        wrong = [c for c in judged if c.reasonable is False and not c.correct]
-        _refine(teacher, wrong, entity, cfg, by_chain, progress)
+        _reason(teacher, group, entity, cfg, progress)
+        answered = [c for c in group if c.answer is not None]
+        _predict(teacher, answered, entity, cfg, progress, refined=False)
+        judged = [c for c in answered if c.prediction is not None]
+        _reflect(teacher, judged, entity, cfg, progress)
+        rejected = [c for c in judged if c.reasonable is False and (cfg.evaluation or not c.correct)]
+        _refine(teacher, rejected, entity, cfg, progress)
+        _predict(teacher, [c for c in rejected if c.refined is not None], entity, cfg, progress, refined=True)
     for c in runs:
         c.sets, c.drop = decide(c)
     return runs
 
 
-def _reason(teacher, group, entity, cfg, by_chain, progress) -> None:
+def _step(teacher, group: list[Construction], step: str, build, parse, adapter, config, draw=0, progress=None) -> list:
+    """One batched teacher step over constructions (`build(construction, strict)` makes the chat): parsed or None."""
+    by_chain = {id(c.chain): c for c in group}
+    results = ask(teacher, [c.chain for c in group], step, lambda ch, strict: build(by_chain[id(ch)], strict),
+                  parse, adapter, config, draw, progress)  # fmt: skip
+    return [parsed for parsed, _ in results]
+
+
+def _reason(teacher, group, entity, cfg, progress) -> None:
     tag = prompts.ANSWER_TAG[entity]
     for draw in range(cfg.draws):
         batch = [c for c in group if c.draw == draw]
-        results = ask(
-            teacher, [c.chain for c in batch], f"construct-reason-{draw + 1}",
-            lambda ch, strict: prompts.reason_chat(entity, cfg.domain, ch.inputs, by_chain[id(ch)].sample.target, strict),
-            _answer_and_prediction(tag), cfg.adapter, cfg.reason(entity), draw, progress,
+        answers = _step(
+            teacher, batch, f"construct-reason-{draw + 1}",
+            lambda c, strict: prompts.reason_chat(entity, cfg.domain, c.sample.inputs, c.sample.target, strict),
+            lambda reply: parse_answer(reply, tag), cfg.adapter, cfg.reason(entity), draw, progress,
         )  # fmt: skip
-        for c, (parsed, reply) in zip(batch, results):
-            c.answer, c.prediction = parsed if parsed else (parse_answer(reply, tag), parse_prediction(reply))
+        for c, answer in zip(batch, answers):
+            c.answer = answer
 
 
-def _reflect(teacher, group, entity, cfg, by_chain, progress) -> None:
+def _predict(teacher, group, entity, cfg, progress, refined: bool) -> None:
+    """The like / dislike prediction after the answer (or the refinement), asked as its own turn."""
+
+    def build(c: Construction, strict: bool) -> prompts.Chat:
+        s = c.sample
+        if refined:
+            chat = prompts.refine_chat(entity, cfg.domain, s.inputs, c.answer, c.feedback or "", s.target,
+                                       prediction=c.prediction) + [_reply(f"<refined>{c.refined}</refined>")]  # fmt: skip
+        else:
+            chat = prompts.answered_chat(entity, cfg.domain, s.inputs, c.answer, s.target)
+        return prompts.predict_chat(chat, cfg.domain, strict)
+
+    step = "construct-predict-refined" if refined else "construct-predict"
+    for c, prediction in zip(group, _step(teacher, group, step, build, parse_prediction, cfg.adapter, cfg.predict(),
+                                          progress=progress)):  # fmt: skip
+        if refined:
+            c.refined_prediction = prediction
+        else:
+            c.prediction = prediction
+
+
+def _reflect(teacher, group, entity, cfg, progress) -> None:
     def parse(reply: str):
         reasonable, feedback = parse_judgement(reply)
         return None if reasonable is None else (reasonable, feedback)
 
-    results = ask(
-        teacher, [c.chain for c in group], "construct-reflect",
-        lambda ch, strict: prompts.reflect_chat(entity, cfg.domain, ch.inputs, by_chain[id(ch)].answer,
-                                                by_chain[id(ch)].sample.target, strict),
-        parse, cfg.adapter, cfg.reflect(), progress=progress,
+    judged = _step(
+        teacher, group, "construct-reflect",
+        lambda c, strict: (
+            prompts.reflect_chat(entity, cfg.domain, c.sample.inputs, c.answer, c.sample.target, strict, c.prediction)
+            if not cfg.evaluation else prompts.reflect_chat(entity, cfg.domain, c.sample.inputs, c.answer,
+                                                                   strict=strict)
+        ),
+        parse, cfg.reflector_adapter, cfg.reflect(), progress=progress,
     )  # fmt: skip
-    for c, (parsed, _) in zip(group, results):
+    for c, parsed in zip(group, judged):
         c.reasonable, c.feedback = parsed if parsed else (None, None)
 
 
-def _refine(teacher, group, entity, cfg, by_chain, progress) -> None:
-    results = ask(
-        teacher, [c.chain for c in group], "construct-refine",
-        lambda ch, strict: prompts.refine_chat(entity, cfg.domain, ch.inputs, by_chain[id(ch)].answer,
-                                               by_chain[id(ch)].feedback or "", by_chain[id(ch)].sample.target, strict),
-        _answer_and_prediction("refined"), cfg.adapter, cfg.refine(), progress=progress,
+def _refine(teacher, group, entity, cfg, progress) -> None:
+    refined = _step(
+        teacher, group, "construct-refine",
+        lambda c, strict: prompts.refine_chat(entity, cfg.domain, c.sample.inputs, c.answer, c.feedback or "",
+                                              c.sample.target, strict, c.prediction),
+        lambda reply: parse_answer(reply, "refined"), cfg.adapter, cfg.refine(), progress=progress,
     )  # fmt: skip
-    for c, (parsed, _) in zip(group, results):
-        c.refined, c.refined_prediction = parsed if parsed else (None, None)
+    for c, answer in zip(group, refined):
+        c.refined = answer
 
 
 @dataclass

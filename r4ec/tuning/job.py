@@ -31,11 +31,14 @@ from r4ec.knowledge.job import (
     KnowledgeError,
     log_to_stderr,
     part_stamp,
+    pipelines,
     served_engine,
     serving_engines,
     worker_backend,
 )  # fmt: skip
-from r4ec.knowledge.prompts import PROMPT_VERSION
+from r4ec.knowledge.progress import FOLDER as PROGRESS_FOLDER
+from r4ec.knowledge.progress import PartProgress
+from r4ec.knowledge.prompts import CONSTRUCTION_VERSION, PROMPT_VERSION
 from r4ec.local_models import model_identity
 from r4ec.tuning.construction import DROPS, SETS, Sample, TeacherConfig, construct, examples
 
@@ -55,7 +58,8 @@ def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list
     dbt_vars = settings.dbt_vars()
     return {
         "dataset": settings.dataset, "teacher": model_identity(k.model), "backend": k.backend,
-        "engine": served_engine(settings), "prompt_version": PROMPT_VERSION, "max_new_tokens": k.max_new_tokens,
+        "engine": served_engine(settings), "prompt_version": PROMPT_VERSION,
+        "construction_version": CONSTRUCTION_VERSION, "max_new_tokens": k.max_new_tokens,
         "repetition_penalty": k.repetition_penalty, "draws": t.draws, "sampling_temperature": k.sampling_temperature,
         "held_out_fraction": t.held_out_fraction, "held_out": fingerprint.of_json(sorted(held_out)), "limit": t.limit,
         "seed": settings.seed, "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
@@ -80,9 +84,15 @@ def construct_part(spec: dict) -> dict:
     """One Spark task: Algorithm 1 on one part's samples, written as one parquet file."""
     log_to_stderr()
     settings = Settings.model_validate_json(spec["settings"])
-    teacher = worker_backend(settings, spec["threads"], "actor", (spec.get("engines") or {}).get("actor"))
-    runs = construct(teacher, [Sample(**s) for s in spec["samples"]], teacher_config(settings))
-    provenance = {"teacher": teacher.model_id, "prompt_version": PROMPT_VERSION}
+    engines = spec.get("engines") or {}
+    teacher = worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
+    cfg, samples = teacher_config(settings), [Sample(**s) for s in spec["samples"]]
+    progress_path = Path(spec["out_dir"]) / PROGRESS_FOLDER / layout.part_name(spec["part"]).replace(".parquet", ".json")
+    with PartProgress(spec["part"], len(samples), progress_path, cfg.steps(), settings.knowledge.progress_interval_s) as progress:
+        runs = construct(teacher, samples, cfg, progress, pipelines(settings, engines))
+    log.info("SFT construction part %d: %s", spec["part"], progress.line())
+    provenance = {"teacher": teacher.model_id, "prompt_version": PROMPT_VERSION,
+                  "construction_version": CONSTRUCTION_VERSION}
     now = datetime.now(UTC)
     rows = [
         {"sample_id": c.sample.sample_id, "entity": c.sample.entity, "draw": c.draw,
@@ -147,7 +157,9 @@ def build_data(settings: Settings, overwrite: bool = False) -> BuildSummary:
             specs = [{"settings": settings.model_dump_json(), "out_dir": str(out_dir), "threads": threads,
                       "engines": engines, "part": n, "samples": as_rows[n], "stamp": stamps[n]} for n in todo]  # fmt: skip
             pending = {out_dir / layout.part_name(n): len(parts[n]) for n in todo}
-            results = run_parts(spark, construct_part, specs, pending, len(samples), "SFT construction")
+            results = run_parts(spark, construct_part, specs, pending, len(samples), "SFT construction",
+                                progress_dir=out_dir / PROGRESS_FOLDER, interval=settings.knowledge.progress_interval_s)
+        shutil.rmtree(out_dir / PROGRESS_FOLDER, ignore_errors=True)
     kept, dropped = write_datasets(out_dir, layout.sft_dir(settings), wanted, sorted(held_out))
     return BuildSummary(layout.sft_dir(settings), len(samples), len(held_out), len(results),
                         sum(r["llm_calls"] for r in results), kept, dropped, time.perf_counter() - started)  # fmt: skip

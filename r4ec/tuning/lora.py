@@ -24,6 +24,7 @@ from r4ec.local_models import model_identity
 log = logging.getLogger(__name__)
 ROLE_SETS = {"actor": ("reason", "refine"), "reflector": ("reflect",)}
 IGNORE = -100
+PROGRESS_INTERVAL_S = 30.0
 
 
 class TuningError(Exception):
@@ -152,7 +153,7 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
                                                steps_per_epoch * recipe.epochs)  # fmt: skip
     about = {"base": base_name, "recipe": asdict(recipe), "data": data, "examples": len(rows), "valid": n_valid}
     epochs = _resume(out_dir, about, model, optimizer, schedule, set_peft_model_state_dict, load_peft_weights)
-    started, seen = time.perf_counter(), 0
+    started, seen, steps_run = time.perf_counter(), 0, 0
     generator = random.Random(recipe.seed)
     for epoch in range(1, recipe.epochs + 1):
         epoch_order = list(range(len(train)))
@@ -160,8 +161,8 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
         if epoch <= len(epochs):
             continue
         model.train()
-        total, tokens = 0.0, 0
-        for ids, labels, mask in _batches(train, recipe.batch_size, pad, epoch_order):
+        total, tokens, reported = 0.0, 0, time.perf_counter()
+        for step, (ids, labels, mask) in enumerate(_batches(train, recipe.batch_size, pad, epoch_order), 1):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()
@@ -169,6 +170,12 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
             schedule.step()
             n = int((labels[:, 1:] != IGNORE).sum())
             total, tokens, seen = total + loss.item() * n, tokens + n, seen + int(mask.sum())
+            steps_run += 1
+            if time.perf_counter() - reported >= PROGRESS_INTERVAL_S:
+                reported, left = time.perf_counter(), (recipe.epochs - epoch + 1) * steps_per_epoch - step
+                log.info("epoch %d/%d: step %d/%d, train loss %.4f, %.0f tokens/s, ETA %.0fs", epoch, recipe.epochs,
+                         step, steps_per_epoch, total / max(1, tokens), seen / (reported - started),
+                         (reported - started) / steps_run * left)  # fmt: skip
         epochs.append({"epoch": epoch, "train_loss": total / max(1, tokens), "valid_loss": _loss(model, valid, recipe.batch_size, pad)})
         log.info("epoch %d/%d: train loss %.4f, valid loss %.4f", epoch, recipe.epochs, epochs[-1]["train_loss"],
                  epochs[-1]["valid_loss"])  # fmt: skip

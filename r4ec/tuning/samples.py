@@ -1,7 +1,8 @@
 """Which users build the SFT data, and with which target: the held-out users are set aside first and never enter it.
 
 A user's sample is their LLM history (the user_prompt_inputs mart) and one of their train-split CTR samples, chosen by
-a seeded hash, as the target with its label: the training period only, never valid or test.
+a seeded hash, as the target with its label: the training period only, never valid or test. The held-out users'
+samples (several targets each) are where the base and the tuned models are evaluated.
 """
 
 from __future__ import annotations
@@ -28,19 +29,32 @@ def held_out_users(user_ids: list[str], fraction: float, seed: int) -> set[str]:
 
 def user_samples(settings: Settings) -> tuple[list[Sample], set[str]]:
     """(construction samples of the users not held out, in user order, `tuning.limit` of them; the held-out users)."""
-    inputs = duckdb.sql(f"from read_parquet('{layout.prompt_inputs_path(settings, 'user')}') where user_id is not null")
-    users = {row["user_id"]: row for row in inputs.to_arrow_table().to_pylist()}
+    users = _user_inputs(settings)
     held_out = held_out_users(list(users), settings.tuning.held_out_fraction, settings.seed)
-    targets = _targets(settings)
-    candidates = [u for u in users if u not in held_out and u in targets]
-    chosen = select_entities(candidates, settings.tuning.limit, settings.seed)
-    samples = [Sample(f"user-{u}-{targets[u]['position']}", "user", users[u], targets[u]["item"], targets[u]["label"])
-               for u in chosen]  # fmt: skip
-    return samples, held_out
+    targets = _targets(settings, per_user=1)
+    chosen = select_entities([u for u in users if u not in held_out and u in targets], settings.tuning.limit, settings.seed)
+    return [_sample(u, users[u], t) for u in chosen for t in targets[u]], held_out
 
 
-def _targets(settings: Settings) -> dict[str, dict]:
-    """Per user, one train-split sample (seeded) with the target item's title and attributes."""
+def held_out_samples(settings: Settings, per_user: int) -> list[Sample]:
+    """Samples of the held-out users only, `per_user` targets each: where base and tuned models are compared."""
+    users = _user_inputs(settings)
+    held_out = held_out_users(list(users), settings.tuning.held_out_fraction, settings.seed)
+    targets = _targets(settings, per_user)
+    return [_sample(u, users[u], t) for u in users if u in held_out and u in targets for t in targets[u]]
+
+
+def _user_inputs(settings: Settings) -> dict[str, dict]:
+    inputs = duckdb.sql(f"from read_parquet('{layout.prompt_inputs_path(settings, 'user')}') where user_id is not null")
+    return {row["user_id"]: row for row in inputs.to_arrow_table().to_pylist()}
+
+
+def _sample(user: str, inputs: dict, target: dict) -> Sample:
+    return Sample(f"user-{user}-{target['position']}", "user", inputs, target["item"], target["label"])
+
+
+def _targets(settings: Settings, per_user: int) -> dict[str, list[dict]]:
+    """Per user, `per_user` train-split samples (seeded) with the target item's title and attributes."""
     rows = duckdb.sql(
         f"""
         select s.user_id, s.position, s.label, s.item_id, p.title, p.release_year, p.category, p.brand
@@ -49,13 +63,12 @@ def _targets(settings: Settings) -> dict[str, dict]:
         where s.split = 'train'
         """
     ).to_arrow_table().to_pylist()
-    best: dict[str, tuple[float, dict]] = {}
+    ranked: dict[str, list[tuple[float, dict]]] = {}
     for row in rows:
-        rank = _fraction(settings.seed, "target", row["user_id"], row["position"])
-        if row["user_id"] not in best or rank < best[row["user_id"]][0]:
-            best[row["user_id"]] = (rank, row)
+        ranked.setdefault(row["user_id"], []).append((_fraction(settings.seed, "target", row["user_id"], row["position"]), row))
     return {
-        user: {"position": row["position"], "label": row["label"],
-               "item": {k: row[k] for k in ("item_id", "title", "release_year", "category", "brand")}}
-        for user, (_, row) in best.items()
+        user: [{"position": row["position"], "label": row["label"],
+                "item": {k: row[k] for k in ("item_id", "title", "release_year", "category", "brand")}}
+               for _, row in sorted(candidates, key=lambda pair: pair[0])[:per_user]]
+        for user, candidates in ranked.items()
     }  # fmt: skip

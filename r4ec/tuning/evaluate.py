@@ -1,0 +1,192 @@
+"""`r4ec tuning evaluate`: the base and the tuned actor and reflector side by side on the held-out users.
+
+Both arms run the same protocol on the same samples (held-out users, several training-period targets each): the actor
+answers with the target shown and predicts like / dislike in a turn of its own; the reflector judges the answer with
+the inference prompt, as the tuned one was trained; every answer it rejects is refined and predicted again. The
+tuned arm asks the same server through the actor's and the reflector's adapters. Per arm:
+  (a) the actor's accuracy on its first prediction;
+  (b) the reflector's share of answers with a verdict, and the AUC of "not reasonable" as a detector of a wrong
+      prediction (0.5: no better than chance);
+  (c) refinements that turn a wrong prediction right, and a right one wrong.
+Intervals are 95 % from a seeded bootstrap over users (a user's targets are resampled together). Every sample's
+outcome is written beside the summary, so any figure can be recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from r4ec import fingerprint, layout
+from r4ec.config import Settings
+from r4ec.knowledge.job import KnowledgeError, pipelines, serving_engines, worker_backend
+from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
+from r4ec.local_models import adapter_identity
+from r4ec.tuning.construction import Construction, construct
+from r4ec.tuning.job import teacher_config
+from r4ec.tuning.samples import held_out_samples
+
+log = logging.getLogger(__name__)
+ARMS = {"base": (None, None), "tuned": ("actor", "reflector")}  # adapter names (None: the base model)
+
+
+def outcome(c: Construction) -> dict:
+    """One sample's figures: what each metric is computed from."""
+    label = bool(c.sample.label)
+    return {
+        "sample_id": c.sample.sample_id, "user_id": c.sample.inputs["user_id"], "label": c.sample.label,
+        "prediction": c.prediction, "verdict": None if c.reasonable is None else ("reasonable" if c.reasonable else "not reasonable"),
+        "refined_prediction": c.refined_prediction,
+        "correct": None if c.prediction is None else c.prediction == label,
+        "refined_correct": None if c.refined_prediction is None else c.refined_prediction == label,
+        "llm_calls": c.chain.llm_calls,
+    }  # fmt: skip
+
+
+def binary_auc(scores: list[bool], positives: list[bool]) -> float | None:
+    """AUC of a yes/no score (ties count half): (TPR + TNR) / 2; None when a class is missing."""
+    pos = [s for s, p in zip(scores, positives) if p]
+    neg = [s for s, p in zip(scores, positives) if not p]
+    if not pos or not neg:
+        return None
+    return (sum(pos) / len(pos) + (len(neg) - sum(neg)) / len(neg)) / 2
+
+
+def metrics(rows: list[dict]) -> dict:
+    predicted = [r for r in rows if r["correct"] is not None]
+    judged = [r for r in predicted if r["verdict"] is not None]
+    refined = [r for r in judged if r["refined_correct"] is not None]
+    return {
+        "samples": len(rows),
+        "predicted": len(predicted),
+        "accuracy": sum(r["correct"] for r in predicted) / len(predicted) if predicted else None,
+        "verdict_share": len(judged) / len(predicted) if predicted else None,
+        "rejected": sum(r["verdict"] == "not reasonable" for r in judged),
+        "auc_rejection_wrong": binary_auc([r["verdict"] == "not reasonable" for r in judged],
+                                          [not r["correct"] for r in judged]),  # fmt: skip
+        "refined": len(refined),
+        "wrong_to_right": sum(not r["correct"] and r["refined_correct"] for r in refined),
+        "right_to_wrong": sum(r["correct"] and not r["refined_correct"] for r in refined),
+        "llm_calls": sum(r["llm_calls"] for r in rows),
+    }
+
+
+def bootstrap(by_arm: dict[str, list[dict]], name: str, draws: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95 % intervals of a metric per arm and of tuned - base, resampling users (paired: the same users each draw)."""
+    users = sorted({r["user_id"] for r in next(iter(by_arm.values()))})
+    per_user = {arm: {u: [r for r in rows if r["user_id"] == u] for u in users} for arm, rows in by_arm.items()}
+    rng, values = random.Random(seed), {arm: [] for arm in [*by_arm, "difference"]}
+    for _ in range(draws):
+        chosen = [rng.choice(users) for _ in users]
+        drawn = {arm: metrics([r for u in chosen for r in per_user[arm][u]])[name] for arm in by_arm}
+        for arm, value in drawn.items():
+            if value is not None:
+                values[arm].append(value)
+        if all(drawn.get(arm) is not None for arm in ARMS):
+            values["difference"].append(drawn["tuned"] - drawn["base"])
+    return {arm: _interval(v) for arm, v in values.items() if v}
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return ordered[int(0.025 * (len(ordered) - 1))], ordered[int(0.975 * (len(ordered) - 1))]
+
+
+@dataclass
+class EvaluationSummary:
+    out_dir: Path
+    figures: dict
+    seconds: float
+
+    def line(self) -> str:
+        arms, intervals = self.figures["arms"], self.figures["intervals"]
+        low, high = intervals["accuracy"].get("difference", (None, None))
+        return (f"held-out evaluation: {arms['base']['samples']:,} samples of {self.figures['users']} users; actor "
+                f"accuracy base {_number(arms['base']['accuracy'])}, tuned {_number(arms['tuned']['accuracy'])} "
+                f"(difference 95% CI {_number(low, '+.3f')}..{_number(high, '+.3f')}); verdicts base "
+                f"{_number(arms['base']['verdict_share'], '.1%')}, tuned {_number(arms['tuned']['verdict_share'], '.1%')}; "
+                f"{self.seconds:.0f}s -> {self.out_dir}")  # fmt: skip
+
+
+def _number(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def trained_adapters(settings: Settings) -> Settings:
+    """The settings with the adapters `r4ec tuning train` wrote, where none are named."""
+    k = settings.knowledge
+    chosen = {f"{role}_adapter": getattr(k, f"{role}_adapter") or layout.adapter_dir(settings, role) / "adapter"
+              for role in ("actor", "reflector")}  # fmt: skip
+    for path in chosen.values():
+        if not (path / "adapter_config.json").is_file():
+            raise KnowledgeError(f"{path}: no adapter there: train it (`r4ec tuning train --role ...`) or name one")
+    return settings.model_copy(update={"knowledge": k.model_copy(update=chosen)})
+
+
+def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000) -> EvaluationSummary:
+    """Run both arms on the held-out samples and write evaluation.json, evaluation.md and the per-sample outcomes."""
+    settings = trained_adapters(settings)
+    k = settings.knowledge
+    samples = held_out_samples(settings, per_user)
+    if not samples:
+        raise KnowledgeError("no held-out user has a training-period sample: check --held-out-fraction and the marts")
+    started, by_arm = time.perf_counter(), {}
+    with serving_engines(settings) as engines:
+        backend = worker_backend(settings, None, "actor", engines.get("actor"))
+        for arm, (actor, reflector) in ARMS.items():
+            cfg = replace(teacher_config(settings), adapter=actor, reflector_adapter=reflector, evaluation=True)
+            log.info("evaluation: %s arm on %d held-out samples", arm, len(samples))
+            runs = construct(backend, samples, cfg, concurrency=pipelines(settings, engines))
+            by_arm[arm] = [outcome(c) for c in runs]
+    figures = {
+        "built_from": {"model": backend.model_id, "actor_adapter": adapter_identity(k.actor_adapter),
+                       "reflector_adapter": adapter_identity(k.reflector_adapter),
+                       "construction_version": CONSTRUCTION_VERSION, "held_out_fraction": settings.tuning.held_out_fraction,
+                       "targets_per_user": per_user, "seed": settings.seed,
+                       "samples": fingerprint.of_json(sorted(s.sample_id for s in samples))},
+        "users": len({s.inputs["user_id"] for s in samples}),
+        "arms": {arm: metrics(rows) for arm, rows in by_arm.items()},
+        "intervals": {name: bootstrap(by_arm, name, draws, settings.seed) for name in ("accuracy", "verdict_share",
+                                                                                      "auc_rejection_wrong")},
+    }  # fmt: skip
+    out_dir = layout.evaluation_dir(settings)
+    write(out_dir, figures, by_arm)
+    return EvaluationSummary(out_dir, figures, time.perf_counter() - started)
+
+
+def write(out_dir: Path, figures: dict, by_arm: dict[str, list[dict]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(figures, indent=1, sort_keys=True))
+    with (out_dir / "outcomes.jsonl").open("w") as out:
+        for arm, rows in by_arm.items():
+            out.writelines(json.dumps({"arm": arm, **row}) + "\n" for row in rows)
+    (out_dir / "evaluation.md").write_text(markdown(figures))
+
+
+def markdown(figures: dict) -> str:
+    def cell(arm: str, name: str, spec: str = ".3f") -> str:
+        value, interval = figures["arms"][arm][name], figures["intervals"].get(name, {}).get(arm)
+        if value is None or interval is None:
+            return _number(value, spec)
+        return f"{value:{spec}} ({interval[0]:{spec}}..{interval[1]:{spec}})"
+
+    lines = [
+        f"Held-out users: {figures['users']}, samples: {figures['arms']['base']['samples']} "
+        f"({figures['built_from']['targets_per_user']} training-period targets each); 95 % bootstrap intervals over users.",
+        "",
+        "| arm | (a) actor accuracy | (b) verdicts | (b) AUC of rejection for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in ARMS:
+        m = figures["arms"][arm]
+        lines.append(f"| {arm} | {cell(arm, 'accuracy')} | {cell(arm, 'verdict_share', '.1%')} | "
+                     f"{cell(arm, 'auc_rejection_wrong')} | {m['wrong_to_right']} of {m['refined']} | "
+                     f"{m['right_to_wrong']} of {m['refined']} | {m['llm_calls']:,} |")  # fmt: skip
+    low_high = figures["intervals"]["accuracy"].get("difference")
+    if low_high:
+        lines += ["", f"Accuracy, tuned - base: 95 % interval {low_high[0]:+.3f} .. {low_high[1]:+.3f}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""`r4ec tuning evaluate`: the figures (accuracy, verdict share, AUC of rejections, fixed / broken refinements, bootstrap
+intervals) on hand-made outcomes, and the command on real ml-100k marts with the tiny model and two random adapters.
+One held-out sample's tuned-arm replies are written into the real answer cache first, so the evaluation protocol (the
+reflector asked without the target; a right answer it rejects is refined too) is driven down a known path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from r4ec import layout
+from r4ec.cli import main
+from r4ec.config import Settings
+from r4ec.knowledge import prompts
+from r4ec.knowledge.backends import Generation, Request, TransformersBackend
+from r4ec.knowledge.cache import AnswerCache, answer_key
+from r4ec.tuning.evaluate import binary_auc, bootstrap, metrics
+from r4ec.tuning.job import teacher_config
+from r4ec.tuning.samples import held_out_samples, held_out_users
+
+
+def row(user: str, correct: bool, verdict: str | None = None, refined_correct: bool | None = None) -> dict:
+    return {"user_id": user, "correct": correct, "verdict": verdict, "refined_correct": refined_correct, "llm_calls": 3}
+
+
+def test_the_figures_count_what_they_say():
+    rows = [row("1", True, "reasonable"), row("1", False, "not reasonable", True), row("2", False, "reasonable"),
+            row("2", True, "not reasonable", False), row("3", False, None), {**row("3", False), "correct": None}]  # fmt: skip
+    m = metrics(rows)
+    assert (m["samples"], m["predicted"], m["accuracy"]) == (6, 5, 2 / 5)
+    assert m["verdict_share"] == 4 / 5 and m["rejected"] == 2
+    # of the judged: wrong ones rejected 1 of 2 (TPR 0.5), right ones accepted 1 of 2 (TNR 0.5)
+    assert m["auc_rejection_wrong"] == 0.5
+    assert (m["refined"], m["wrong_to_right"], m["right_to_wrong"]) == (2, 1, 1)
+    assert binary_auc([True, True, False], [True, True, False]) == 1.0
+    assert binary_auc([True], [True]) is None  # one class only: no AUC
+
+
+def test_bootstrap_intervals_resample_users_and_pair_the_arms():
+    base = [row(str(u), u % 2 == 0) for u in range(40)]
+    tuned = [row(str(u), True) for u in range(40)]
+    intervals = bootstrap({"base": base, "tuned": tuned}, "accuracy", 300, seed=1)
+    assert intervals["tuned"] == (1.0, 1.0)
+    low, high = intervals["base"]
+    assert low < 0.5 < high and high - low < 0.4
+    assert intervals["difference"][0] > 0  # paired: the tuned arm is right wherever the base is
+    assert bootstrap({"base": base, "tuned": tuned}, "accuracy", 300, seed=1) == intervals  # seeded
+
+
+@pytest.fixture
+def settings(ml100k, tiny_model, tmp_path, monkeypatch) -> Settings:
+    shutil.copytree(ml100k.marts_dir, Settings(data_dir=tmp_path).marts_dir)
+    variables = {"DATA_DIR": tmp_path, "KNOWLEDGE__BACKEND": "transformers", "KNOWLEDGE__MODEL": tiny_model,
+                 "KNOWLEDGE__DTYPE": "float32", "KNOWLEDGE__MAX_NEW_TOKENS": 6, "TUNING__HELD_OUT_FRACTION": 0.02}  # fmt: skip
+    for name, value in variables.items():
+        monkeypatch.setenv(f"R4EC_{name}", str(value))
+    return Settings()
+
+
+def random_adapters(settings: Settings, tiny_model) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for n, role in enumerate(("actor", "reflector")):
+        torch.manual_seed(n)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules="all-linear"))
+        model.save_pretrained(layout.adapter_dir(settings, role) / "adapter")
+
+
+def seed_tuned_replies(settings: Settings, tiny_model) -> str:
+    """The tuned pair on the first held-out sample: a right prediction, rejected by the reflector (asked without the
+    target), refined, and then predicted wrong."""
+    sample = held_out_samples(settings, 1)[0]
+    adapters = {role: layout.adapter_dir(settings, role) / "adapter" for role in ("actor", "reflector")}
+    model_id = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters).model_id
+    cfg, right = teacher_config(settings), "yes" if sample.label else "no"
+    wrong, said = "no" if sample.label else "yes", bool(sample.label)
+    args = ("user", "movies", sample.inputs)
+    answered = prompts.answered_chat(*args, "likes comedies", sample.target)
+    refine = prompts.refine_chat(*args, "likes comedies", "cite ratings", sample.target, prediction=said)
+    replies = [
+        (prompts.reason_chat(*args, sample.target), "actor", cfg.reason("user"), "<preference>likes comedies</preference>"),
+        (prompts.predict_chat(answered, "movies"), "actor", cfg.predict(), f"<prediction>{right}</prediction>"),
+        (prompts.reflect_chat(*args, "likes comedies"), "reflector", cfg.reflect(),
+         "<judgement>not reasonable</judgement><reflection>cite ratings</reflection>"),
+        (refine, "actor", cfg.refine(), "<refined>likes dramas</refined>"),
+        (prompts.predict_chat(refine + [{"role": "assistant", "content": "<refined>likes dramas</refined>"}], "movies"),
+         "actor", cfg.predict(), f"<prediction>{wrong}</prediction>"),
+    ]  # fmt: skip
+    AnswerCache(settings.answer_cache_path).put_many(
+        {answer_key(model_id, Request.chat(chat, adapter), gen): Generation(reply, 10, 5) for chat, adapter, gen, reply in replies}
+    )
+    return sample.sample_id
+
+
+@pytest.mark.integration
+def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_model, capsys):
+    assert main(["tuning", "evaluate"]) == 2  # nothing trained yet: one line, no traceback
+    assert "no adapter there" in capsys.readouterr().err
+
+    random_adapters(settings, tiny_model)
+    seeded = seed_tuned_replies(settings, tiny_model)
+    assert main(["tuning", "evaluate", "--targets-per-user", "1"]) == 0
+    assert "held-out evaluation:" in capsys.readouterr().out
+    out = layout.evaluation_dir(settings)
+    outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
+    held_out = held_out_users([str(u) for u in range(1, 944)], 0.02, settings.seed)
+    by_arm = {arm: [o for o in outcomes if o["arm"] == arm] for arm in ("base", "tuned")}
+    assert len(by_arm["base"]) == len(by_arm["tuned"]) == len(held_out) > 5
+    assert {o["user_id"] for o in outcomes} == held_out
+    ours = next(o for o in by_arm["tuned"] if o["sample_id"] == seeded)
+    assert (ours["correct"], ours["verdict"], ours["refined_correct"], ours["llm_calls"]) == (True, "not reasonable", False, 0)
+    figures = json.loads((out / "evaluation.json").read_text())
+    assert figures["arms"]["tuned"]["right_to_wrong"] >= 1
+    assert figures["built_from"]["actor_adapter"].startswith("adapter@sha256:")
+    assert "| tuned |" in (out / "evaluation.md").read_text()

@@ -16,9 +16,10 @@ The reason and refine prompts show no answer template: the engine starts the rep
 at the first closing tag. With a template (`<preference>your analysis</preference>`), 57 of 64 SmolLM2 reason
 replies began "Your analysis is off to a great start! Here's a rewritten version..." and reviewed an answer nobody
 had written; without one, none did (v2 -> v3, 64 ml-100k users, greedy). The strict retry, for engines that do not
-prefill, names the tags. The construction variant asks its like / dislike prediction as a turn of its own. Refine repeats the
-task ("Describe again ...") rather than asking for "an improved answer", which SmolLM2 answered with an account of
-its edits ("Here is a revised version ... I made several changes") in 48 of 64 refinements; 21 with the task.
+prefill, names the tags. The construction variant asks its like / dislike prediction as a turn of its own. Refine
+repeats the task ("Describe again ...") rather than asking for "an improved answer", which SmolLM2 answered with an
+account of its edits ("Here is a revised version ... I made several changes") in 48 of 64 refinements; 21 with the
+task.
 
 Answers are tagged sections, parsed by `parsing.py`. Change PROMPT_VERSION whenever an inference template changes,
 CONSTRUCTION_VERSION when the construction variant does: they are stored with every answer (and the prompt text is

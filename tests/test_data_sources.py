@@ -13,6 +13,7 @@ from r4ec.data.amazon import k_core
 from r4ec.data.fetch import fetch_recbole_wheel
 from r4ec.data.movielens import load_ml100k_grouplens, split_title_year
 from r4ec.data.schema import ITEMS, RATINGS, USERS
+from r4ec.files import written_atomically
 from tests.conftest import amazon_settings
 
 
@@ -289,3 +290,14 @@ def test_a_failed_load_leaves_no_staging_file(tmp_path):
     with pytest.raises(DataError, match=r"Books_5\.json\.gz: cannot be read"):
         load_dataset(settings)
     assert list(settings.raw_dir.iterdir()) == []
+
+
+def test_a_file_written_atomically_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out" / "table.bin"
+    with pytest.raises(RuntimeError), written_atomically(target) as partial:
+        partial.write_bytes(b"half")
+        raise RuntimeError("died while writing")
+    assert list((tmp_path / "out").iterdir()) == []
+    with written_atomically(target) as partial:
+        partial.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and list((tmp_path / "out").iterdir()) == [target]

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r4ec.data.schema import REJECTS, TABLES
+from r4ec.files import written_atomically
 
 
 class DataError(Exception):
@@ -177,13 +178,8 @@ def as_integer_id(value: str, what: str) -> str:
 
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write to a temporary name and rename, so a crash never leaves a half-written table behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with written_atomically(path) as partial:
         pq.write_table(table, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @dataclass

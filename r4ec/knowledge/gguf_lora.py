@@ -11,11 +11,11 @@ adapter content, next to the served model.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from r4ec import fingerprint
+from r4ec.files import written_atomically
 from r4ec.knowledge.backends import BackendError
 
 LAYER_TENSORS = {
@@ -89,17 +89,15 @@ def adapter_gguf(adapter_dir: Path, model_gguf: Path, out_dir: Path) -> Path:
     target = out_dir / f"{adapter_dir.parent.name}-{adapter_dir.name}.{digest}.lora.gguf"
     if target.is_file():
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    writer = gguf.GGUFWriter(partial, arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
-    for name, array in adapter_tensors(adapter_dir, heads, kv_heads).items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.rename(target)
+    with written_atomically(target) as partial:
+        writer = gguf.GGUFWriter(partial, arch)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+        for name, array in adapter_tensors(adapter_dir, heads, kv_heads).items():
+            writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return target

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from r4ec import fingerprint
+from r4ec.files import written_atomically
 from r4ec.knowledge.backends import BackendError, adapter_suffix
 from r4ec.knowledge.gguf_lora import adapter_gguf
 
@@ -50,15 +51,12 @@ def quantized(source: Path, quantization: str, models_dir: Path) -> Path:
     target = models_dir / f"{source.stem}.{digest}.{quantization}.gguf"
     if target.is_file():
         return target
-    models_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     log.info("re-quantizing %s to %s (once): %s", source.name, quantization, target)
-    command = [str(binary("llama-quantize")), "--allow-requantize", str(source), str(partial), quantization]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise BackendError(f"llama-quantize {source.name} -> {quantization} failed: {done.stderr.strip()[-300:]}")
-    partial.rename(target)
+    with written_atomically(target) as partial:
+        command = [str(binary("llama-quantize")), "--allow-requantize", str(source), str(partial), quantization]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BackendError(f"llama-quantize {source.name} -> {quantization} failed: {done.stderr.strip()[-300:]}")
     return target
 
 

@@ -25,7 +25,7 @@ KNOWLEDGE_OPTIONS = (
 )  # fmt: skip
 
 
-TUNING_OPTIONS = {"limit": "users", "draws": "draws", "held_out_fraction": "held_out_fraction"}  # setting -> option
+TUNING_OPTIONS = {"limit": "limit", "draws": "draws", "held_out_fraction": "held_out_fraction"}  # setting -> option
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -40,13 +40,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     if knowledge:
         overrides["knowledge"] = knowledge
     tuning = {name: getattr(args, option) for name, option in TUNING_OPTIONS.items() if getattr(args, option, None) is not None}
+    if getattr(args, "tuning_entity", None):
+        tuning["entities"] = _chosen(args.tuning_entity)
     if tuning:
         overrides["tuning"] = tuning
     return Settings(**overrides)
 
 
 def _entities(args: argparse.Namespace) -> tuple[str, ...]:
-    return ("user", "item") if args.entity == "both" else (args.entity,)
+    return _chosen(args.entity)
+
+
+def _chosen(entity: str) -> tuple[str, ...]:
+    return ("user", "item") if entity == "both" else (entity,)
 
 
 def cmd_data_load(args: argparse.Namespace) -> None:
@@ -127,7 +133,7 @@ def cmd_tuning_train(args: argparse.Namespace) -> None:
 def cmd_tuning_evaluate(args: argparse.Namespace) -> None:
     from r4ec.tuning.evaluate import evaluate
 
-    print(evaluate(_settings(args), per_user=args.targets_per_user).line())
+    print(evaluate(_settings(args), per_user=args.targets_per_user, entity=args.entity).line())
 
 
 def cmd_knowledge_encode(args: argparse.Namespace) -> None:
@@ -491,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build-data",
         cmd_tuning_build_data,
         "Algorithm 1 as a Spark job: the teacher (the knowledge backend and model) answers construction prompts (a "
-        "user's LLM history and a training-period target), reflects and refines; kept answers become the SFT sets "
+        "user's LLM history and a training-period target item; an item's facts and a training-period target user), "
+        "predicts like / dislike, reflects and refines; kept answers become the SFT sets "
         "DATA_DIR/tuning/DATASET/sft/{reason,reflect,refine}.jsonl with card.json. Held-out users never enter them.",
     )
     teacher = build_data.add_argument_group("teacher (override the [knowledge] settings it runs on)")
@@ -501,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--quantization", choices=["auto", "Q4_0", "Q8_0", "F16", "as-is"], help="llama.cpp: default auto")
     teacher.add_argument("--partition-size", type=int, help="samples per Spark task and output part (default: 25)")
     teacher.add_argument("--spark-master", help="default: local[*]")
-    build_data.add_argument("--users", type=int, help="a seeded sample of this many users (default: all not held out)")
+    build_data.add_argument("--entity", dest="tuning_entity", choices=["user", "item", "both"],
+                            help="whose samples to construct (default: both)")  # fmt: skip
+    build_data.add_argument("--limit", "--users", dest="limit", type=int,
+                            help="a seeded sample of this many users and as many items (default: all)")  # fmt: skip
     build_data.add_argument("--draws", type=int, help="teacher rationales per sample (rejection sampling; default: 1)")
     build_data.add_argument("--held-out-fraction", type=float, help="users set aside for evaluation (default: 0.1)")
     build_data.add_argument("--overwrite", action="store_true", help="rebuild answers made with other settings")
@@ -529,12 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
         "The base and the tuned actor and reflector side by side on the held-out users (several training-period "
         "targets each): the actor's like / dislike accuracy, the reflector's share of verdicts and the AUC of its "
         "rejections for wrong predictions, refinements that fix or break a prediction, with bootstrap intervals; "
-        "written to DATA_DIR/tuning/DATASET/evaluation/. The adapters default to those `tuning train` wrote.",
+        "written to DATA_DIR/tuning/DATASET/evaluation/ENTITY/. The adapters default to those `tuning train` wrote.",
     )
     assess.add_argument("--actor-adapter", type=Path, help="default: DATA_DIR/tuning/DATASET/adapters/actor/adapter")
     assess.add_argument("--reflector-adapter", type=Path, help="default: .../adapters/reflector/adapter")
     assess.add_argument("--targets-per-user", type=int, default=2, help="training-period targets per held-out user (default: 2)")
     assess.add_argument("--held-out-fraction", type=float, help="as at build-data (default: 0.1)")
+    assess.add_argument("--entity", choices=["user", "item"], default="user",
+                        help="user samples, or item samples with a held-out user as target (default: user)")  # fmt: skip
 
     models = group("models", "local model files")
     fetch = command(

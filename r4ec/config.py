@@ -94,7 +94,10 @@ class TuningSettings(BaseModel):
         0.1, gt=0, lt=1, description="Users never used for construction: where base and tuned models are compared."
     )
     draws: int = Field(1, ge=1, description="Teacher rationales per sample; more than one is rejection sampling.")
-    limit: int | None = Field(None, ge=1, description="Construct from a seeded sample of this many users; None: all.")
+    limit: int | None = Field(
+        None, ge=1, description="Construct from a seeded sample of this many users and as many items; None: all."
+    )
+    entities: tuple[Literal["user", "item"], ...] = Field(("user", "item"), description="Whose samples to construct.")
 
 
 class FeaturesSettings(BaseModel):

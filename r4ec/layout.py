@@ -132,9 +132,10 @@ def adapter_dir(settings: Settings, role: str) -> Path:
     return settings.tuning_dir / "adapters" / role
 
 
-def evaluation_dir(settings: Settings) -> Path:
-    """The held-out comparison of the base and the tuned pair: evaluation.json, evaluation.md, outcomes.jsonl."""
-    return settings.tuning_dir / "evaluation"
+def evaluation_dir(settings: Settings, entity: str) -> Path:
+    """The held-out comparison of the base and the tuned pair on one entity's samples: evaluation.json,
+    evaluation.md, outcomes.jsonl."""
+    return settings.tuning_dir / "evaluation" / entity
 
 
 def training_set_path(settings: Settings, service: str) -> Path:

@@ -46,7 +46,7 @@ def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: 
     seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), f"<preference>{answer}</preference>",
          cfg.reason("user"), draw)  # fmt: skip
     answered = prompts.answered_chat("user", "movies", s.inputs, answer, TARGET)
-    seed(teacher, prompts.predict_chat(answered, "movies"), f"<prediction>{predicts}</prediction>", cfg.predict())
+    seed(teacher, prompts.predict_chat(answered, "user", "movies"), f"<prediction>{predicts}</prediction>", cfg.predict())
     if verdict is not None:
         reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET, prediction=said)
         seed(teacher, reflect, f"<judgement>{verdict}</judgement><reflection>cite the ratings</reflection>", cfg.reflect())
@@ -54,7 +54,7 @@ def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: 
         refine = prompts.refine_chat("user", "movies", s.inputs, answer, "cite the ratings", TARGET, prediction=said)
         seed(teacher, refine, "<refined>rated Toy Story 5</refined>", cfg.refine())
         after = refine + [{"role": "assistant", "content": "<refined>rated Toy Story 5</refined>"}]
-        seed(teacher, prompts.predict_chat(after, "movies"), f"<prediction>{refined}</prediction>", cfg.predict())
+        seed(teacher, prompts.predict_chat(after, "user", "movies"), f"<prediction>{refined}</prediction>", cfg.predict())
     return answer
 
 
@@ -108,7 +108,7 @@ def test_a_prediction_that_does_not_parse_is_asked_again_then_dropped(teacher):
     s = sample(1, "9")
     seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), "<preference>likes cartoons</preference>",
          CFG.reason("user"))  # fmt: skip
-    predict = prompts.predict_chat(prompts.answered_chat("user", "movies", s.inputs, "likes cartoons", TARGET), "movies")
+    predict = prompts.predict_chat(prompts.answered_chat("user", "movies", s.inputs, "likes cartoons", TARGET), "user", "movies")
     seed(teacher, predict, "<prediction>perhaps</prediction>", CFG.predict())
     (c,) = construct(teacher, [s], CFG)
     assert c.drop == "no_prediction" and c.answer == "likes cartoons"

@@ -57,7 +57,7 @@ def test_construction_variant_shows_the_target_and_asks_the_prediction_as_its_ow
     chat = prompts.reason_chat("user", "movies", USER, target=target)
     assert "The target movie: Heat (1995), genre Action." in text(chat) and "<prediction>" not in text(chat)
     answered = prompts.answered_chat("user", "movies", USER, "likes cartoons", target)
-    predict = prompts.predict_chat(answered, "movies")
+    predict = prompts.predict_chat(answered, "user", "movies")
     assert predict[:3] == answered and predict[-1]["role"] == "user" and "yes or no" in predict[-1]["content"]
     reflect = prompts.reflect_chat("user", "movies", USER, "likes cartoons", target, prediction=False)
     assert reflect[:4] == predict and reflect[4] == {"role": "assistant", "content": "<prediction>no</prediction>"}
@@ -65,6 +65,20 @@ def test_construction_variant_shows_the_target_and_asks_the_prediction_as_its_ow
     refine = prompts.refine_chat("user", "movies", USER, "likes cartoons", "too vague", target, prediction=False)
     assert refine[:5] == reflect[:5]  # the prefix the engine's cache holds from the reflect step
     assert "<reflection>too vague</reflection>" in text(refine) and "<prediction>" not in refine[-1]["content"]
+
+
+def test_an_items_construction_target_is_a_user_with_their_history():
+    viewer = {"user_id": "9", "age": 31, "gender": "F", "occupation": "writer",
+              "history": [{"item_id": "1", "title": "Toy Story", "release_year": 1995, "rating": 4.0}]}  # fmt: skip
+    chat = prompts.reason_chat("item", "books", BOOK, target=viewer)
+    assert "The target reader (age 31, F, writer) rated these books" in text(chat)
+    assert "1. Toy Story (1995): 4 stars" in text(chat) and "The target book" not in text(chat)
+    answered = prompts.answered_chat("item", "books", BOOK, "a classic", viewer)
+    assert "Will the target reader like this book?" in prompts.predict_chat(answered, "item", "books")[-1]["content"]
+    reflect = prompts.reflect_chat("item", "books", BOOK, "a classic", viewer, prediction=True)
+    assert "Also check its prediction for the target reader." in reflect[-1]["content"]
+    assert prompts.reason_chat("item", "books", BOOK) == chat[:1] + [{
+        "role": "user", "content": chat[1]["content"].replace("\n" + prompts.describe_user(viewer, prompts.VOCABULARY["books"], "The target"), "")}]
 
 
 def test_strict_variants_insist_on_the_tags():

@@ -183,7 +183,7 @@ CHECKS: dict[str, Callable[[str, Path], None]] = {
     ),
     ".venv/bin/r4ec train --backbone lr all --knowledge none single iterative --seeds 1 2 3": _trained_every_run,
     ".venv/bin/r4ec report": _contains("66 runs; written to"),
-    ".venv/bin/r4ec tuning build-data --users 6": _contains("SFT data: 6 samples", "users held out"),
+    ".venv/bin/r4ec tuning build-data --limit 6": _contains("SFT data: 12 samples", "users held out"),
     ".venv/bin/r4ec data load --admit-until 1998-03-08": _contains("ratings, those before 1998-03-08 00:00:00 UTC"),
     ".venv/bin/r4ec knowledge refresh --strategy iterative --limit 50 --start 1998-03-01 --end 1998-03-08": (
         _refreshed_one_week

@@ -83,11 +83,11 @@ def seed_tuned_replies(settings: Settings, tiny_model) -> str:
     refine = prompts.refine_chat(*args, "likes comedies", "cite ratings", sample.target, prediction=said)
     replies = [
         (prompts.reason_chat(*args, sample.target), "actor", cfg.reason("user"), "<preference>likes comedies</preference>"),
-        (prompts.predict_chat(answered, "movies"), "actor", cfg.predict(), f"<prediction>{right}</prediction>"),
+        (prompts.predict_chat(answered, "user", "movies"), "actor", cfg.predict(), f"<prediction>{right}</prediction>"),
         (prompts.reflect_chat(*args, "likes comedies"), "reflector", cfg.reflect(),
          "<judgement>not reasonable</judgement><reflection>cite ratings</reflection>"),
         (refine, "actor", cfg.refine(), "<refined>likes dramas</refined>"),
-        (prompts.predict_chat(refine + [{"role": "assistant", "content": "<refined>likes dramas</refined>"}], "movies"),
+        (prompts.predict_chat(refine + [{"role": "assistant", "content": "<refined>likes dramas</refined>"}], "user", "movies"),
          "actor", cfg.predict(), f"<prediction>{wrong}</prediction>"),
     ]  # fmt: skip
     AnswerCache(settings.answer_cache_path).put_many(
@@ -105,7 +105,7 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     seeded = seed_tuned_replies(settings, tiny_model)
     assert main(["tuning", "evaluate", "--targets-per-user", "1"]) == 0
     assert "held-out evaluation:" in capsys.readouterr().out
-    out = layout.evaluation_dir(settings)
+    out = layout.evaluation_dir(settings, "user")
     outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
     held_out = held_out_users([str(u) for u in range(1, 944)], 0.02, settings.seed)
     by_arm = {arm: [o for o in outcomes if o["arm"] == arm] for arm in ("base", "tuned")}

@@ -16,7 +16,7 @@ from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import Generation, Request, TransformersBackend
 from r4ec.knowledge.cache import AnswerCache, answer_key
 from r4ec.tuning.job import teacher_config
-from r4ec.tuning.samples import held_out_users, user_samples
+from r4ec.tuning.samples import construction_samples, held_out_samples, held_out_users
 
 pytestmark = pytest.mark.integration
 USERS = 6
@@ -36,7 +36,7 @@ def settings(ml100k, tiny_model, tmp_path, monkeypatch) -> Settings:
 
 def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
     """The first sample's teacher replies: the right prediction, judged reasonable."""
-    sample = user_samples(settings)[0][0]
+    sample = construction_samples(settings)[0][0]
     model_id = TransformersBackend(str(tiny_model), dtype="float32").model_id
     cfg, cache = teacher_config(settings), AnswerCache(settings.answer_cache_path)
     predicts = "yes" if sample.label else "no"
@@ -45,7 +45,7 @@ def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
     replies = [
         (prompts.reason_chat("user", "movies", sample.inputs, sample.target), cfg.reason("user"),
          f"<preference>{answer}</preference>"),
-        (prompts.predict_chat(answered, "movies"), cfg.predict(), f"<prediction>{predicts}</prediction>"),
+        (prompts.predict_chat(answered, "user", "movies"), cfg.predict(), f"<prediction>{predicts}</prediction>"),
         (prompts.reflect_chat("user", "movies", sample.inputs, answer, sample.target, prediction=bool(sample.label)),
          cfg.reflect(), "<judgement>reasonable</judgement>\n<reflection>none</reflection>"),
     ]  # fmt: skip
@@ -57,12 +57,13 @@ def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
 def test_build_data_writes_the_sets_and_a_card_without_held_out_users(settings, tiny_model, capsys):
     kept = seed_a_kept_answer(settings, tiny_model)
     assert main(["tuning", "build-data"]) == 0
-    assert "SFT data: 6 samples" in capsys.readouterr().out
+    assert "SFT data: 12 samples" in capsys.readouterr().out
     sft = layout.sft_dir(settings)
     card = json.loads((sft / "card.json").read_text())
-    assert card["constructions"] == USERS
+    assert card["constructions"] == 2 * USERS  # as many items as users
+    assert {e: c["constructions"] for e, c in card["by_entity"].items()} == {"user": USERS, "item": USERS}
     assert card["examples"]["reason"] >= 1 and card["examples"]["reflect"] >= 1
-    assert sum(card["dropped"].values()) == USERS - card["examples"]["reason"] - card["examples"]["refine"]
+    assert sum(card["dropped"].values()) == 2 * USERS - card["examples"]["reason"] - card["examples"]["refine"]
     reason = [json.loads(line) for line in (sft / "reason.jsonl").read_text().splitlines()]
     ours = [e for e in reason if e["provenance"]["sample_id"] == kept]
     assert len(ours) == 1 and ours[0]["messages"][-1]["content"] == "<preference>enjoys light comedies rated 4 and 5</preference>"
@@ -71,7 +72,8 @@ def test_build_data_writes_the_sets_and_a_card_without_held_out_users(settings, 
 
     held_out = set(card["held_out_users"])
     users = {line["provenance"]["sample_id"].split("-")[1] for name in ("reason", "reflect", "refine")
-             for line in map(json.loads, (sft / f"{name}.jsonl").read_text().splitlines())}  # fmt: skip
+             for line in map(json.loads, (sft / f"{name}.jsonl").read_text().splitlines())
+             if line["provenance"]["sample_id"].startswith("user-")}  # fmt: skip
     assert held_out and not users & held_out
     assert 0.05 < len(held_out) / 943 < 0.15  # about held_out_fraction of the users
     assert held_out == held_out_users([str(u) for u in range(1, 944)], 0.1, settings.seed)
@@ -86,3 +88,27 @@ def test_a_second_run_asks_the_teacher_nothing(settings, capsys):
     assert "0 parts run now, 0 LLM calls" in again and again.split(";")[0] == first.split(";")[0]
     assert main([*args, "--users", "3"]) == 2  # other settings: refused, not mixed
     assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_held_out_users_never_enter_the_construction_samples(settings):
+    """Not as a user, not as an item's target, not as the liker or disliker an item's prompt shows; and an item's
+    target is never the user whose rating the prompt shows (it would give the label away)."""
+    everyone = Settings(data_dir=settings.data_dir, tuning={"limit": None})
+    samples, held_out = construction_samples(everyone)
+    users = [s for s in samples if s.entity == "user"]
+    items = [s for s in samples if s.entity == "item"]
+    assert len(users) == 943 - len(held_out) and len(items) > 0.8 * 1682  # items with a train-split rating to target
+    assert not {s.inputs["user_id"] for s in users} & held_out
+    assert not {s.target["user_id"] for s in items} & held_out
+    shown = {s.inputs[f"{who}_user_id"] for s in items for who in ("liker", "disliker")}
+    assert not shown & held_out and None in shown  # some were held out, and removed
+    assert all(s.target["user_id"] not in (s.inputs["liker_user_id"], s.inputs["disliker_user_id"]) for s in items)
+    some = items[0]
+    assert 1 <= len(some.target["history"]) <= 10 and some.target["history"][0]["title"]
+    assert some.sample_id.startswith(f"item-{some.inputs['item_id']}-{some.target['user_id']}-")
+
+    evaluation = held_out_samples(everyone, 2, "item")
+    per_user = {}
+    for s in evaluation:
+        per_user[s.target["user_id"]] = per_user.get(s.target["user_id"], 0) + 1
+    assert set(per_user) <= held_out and max(per_user.values()) == 2 and len(per_user) > 0.8 * len(held_out)

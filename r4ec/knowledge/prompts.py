@@ -4,8 +4,9 @@ reason  (actor)      writes the knowledge from the prompt inputs;
 reflect (reflector)  judges it "reasonable" or "not reasonable" and says what to fix;
 refine  (actor)      rewrites it, given its earlier answer and the feedback.
 
-The *inference* variant is what the platform runs. The *construction* variant also shows the target item and asks
-for a verdict (will the user like it?); it builds SFT data (Algorithm 1 of the paper).
+The *inference* variant is what the platform runs. The *construction* variant also shows a target (for a user, an
+item they rated; for an item, a user who rated it) and asks for a prediction (will the user like the item?); it builds
+SFT data (Algorithm 1 of the paper).
 
 The three are one conversation: a shared system line, the facts and the task, the actor's answer; reflect and refine
 add one user turn each after it. What they share comes first, so an engine's prefix cache (llama.cpp's server)
@@ -83,11 +84,11 @@ def describe_history(history: list[dict], words: Vocabulary) -> str:
     return "\n".join(f"{n}. {describe_item(h, words)}: {h['rating']:g} stars" for n, h in enumerate(history, 1))
 
 
-def describe_user(inputs: dict, words: Vocabulary) -> str:
+def describe_user(inputs: dict, words: Vocabulary, who: str = "A") -> str:
     facts = [f"age {inputs['age']}" if inputs.get("age") else None, inputs.get("gender"), inputs.get("occupation")]
-    who = ", ".join(str(fact) for fact in facts if fact)
-    who = f"A {words.person} ({who})" if who else f"A {words.person}"
-    return f"{who} rated these {words.things}, oldest first, on a 1-5 star scale:\n{describe_history(inputs['history'], words)}"
+    facts = ", ".join(str(fact) for fact in facts if fact)
+    person = f"{who} {words.person} ({facts})" if facts else f"{who} {words.person}"
+    return f"{person} rated these {words.things}, oldest first, on a 1-5 star scale:\n{describe_history(inputs['history'], words)}"
 
 
 def describe_item_inputs(inputs: dict, words: Vocabulary) -> str:
@@ -122,26 +123,38 @@ def _facts(entity: Entity, inputs: dict, words: Vocabulary) -> str:
     return describe_user(inputs, words) if entity == "user" else describe_item_inputs(inputs, words)
 
 
-def _target(target: dict | None, words: Vocabulary) -> str:
-    return f"\nThe target {words.thing}: {describe_item(target, words)}." if target else ""
+def _target(entity: Entity, target: dict | None, words: Vocabulary) -> str:
+    """A user's target is an item they rated; an item's, a user who rated it (their history before that rating)."""
+    if not target:
+        return ""
+    if entity == "user":
+        return f"\nThe target {words.thing}: {describe_item(target, words)}."
+    return "\n" + describe_user(target, words, who="The target")
+
+
+def _targeted(entity: Entity, words: Vocabulary) -> str:
+    return f"the target {words.thing}" if entity == "user" else f"the target {words.person}"
 
 
 def reason_chat(entity: Entity, domain: Domain, inputs: dict, target: dict | None = None, strict: bool = False) -> Chat:
     """The actor's first answer; with `target`, the construction variant that also predicts a like."""
     words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
-    lines = [_facts(entity, inputs, words) + _target(target, words), "", _task(entity, words)]
+    lines = [_facts(entity, inputs, words) + _target(entity, target, words), "", _task(entity, words)]
     lines.append(f"Use at most {MAX_WORDS} words.")
     if strict:
         lines.append(_insist(tag))
     return [_message("system", SYSTEM), _message("user", "\n".join(lines))]
 
 
-def predict_chat(answered: Chat, domain: Domain, strict: bool = False) -> Chat:
+def predict_chat(answered: Chat, entity: Entity, domain: Domain, strict: bool = False) -> Chat:
     """The construction variant's prediction, asked as its own turn after an answer (reason or refine): SmolLM2 did
     not write a second section after its answer in 38 of 40 two-section replies, and a turn of its own can be held
     to "yes" or "no" (PREDICTION_GRAMMAR on llama.cpp) while its prefix comes from the engine's cache."""
     words = VOCABULARY[domain]
-    question = f"Will this {words.person} like the target {words.thing}? Answer yes or no."
+    if entity == "user":
+        question = f"Will this {words.person} like the target {words.thing}? Answer yes or no."
+    else:
+        question = f"Will the target {words.person} like this {words.thing}? Answer yes or no."
     if strict:
         question += " Write only <prediction>yes</prediction> or <prediction>no</prediction>."
     return answered + [_message("user", question)]
@@ -166,7 +179,7 @@ def _answered(
     chat = answered_chat(entity, domain, inputs, answer, target)
     if target is None:
         return chat
-    return predict_chat(chat, domain) + [_message("assistant", prediction_reply(prediction))]
+    return predict_chat(chat, entity, domain) + [_message("assistant", prediction_reply(prediction))]
 
 
 def prediction_reply(prediction: bool | None) -> str:
@@ -191,7 +204,7 @@ def reflect_chat(
         f"If it is not reasonable, say what is wrong and how to fix it, in at most {REFLECTION_WORDS} words.",
     ]
     if target:
-        lines.append(f"Also check its prediction for the target {words.thing}.")
+        lines.append(f"Also check its prediction for {_targeted(entity, words)}.")
     lines += [
         "Answer in exactly this format:",
         "<judgement>reasonable or not reasonable</judgement>",

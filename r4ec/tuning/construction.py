@@ -1,6 +1,7 @@
 """Algorithm 1 of the paper: SFT examples for the actor and the reflector from a teacher's construction answers.
 
-A sample is a user's LLM history and one training-period target item with its label. The teacher
+A sample is an entity's prompt inputs and one training-period rating with its label: for a user, the item they
+rated is the target; for an item, the user who rated it (with their history before that rating). The teacher
 1. reasons with the target shown (the construction variant of the reason prompt), then predicts like / dislike in
    a turn of its own (a small model does not reliably write a second section after its answer);
 2. reflects on that answer and prediction, target shown: a verdict and feedback;
@@ -43,9 +44,13 @@ DROPS = {
 class Sample:
     sample_id: str
     entity: prompts.Entity
-    inputs: dict  # the entity's prompt inputs (user_prompt_inputs row)
-    target: dict  # the target item: item_id, title, release_year, category, brand
-    label: int  # 1: the user liked the target
+    inputs: dict  # the entity's prompt inputs (a user_prompt_inputs or item_prompt_inputs row)
+    target: dict  # a user's target item (item_id, title, ...), an item's target user (user_id, age, ..., history)
+    label: int  # 1: the user liked the item
+
+    @property
+    def target_id(self) -> str:
+        return self.target["item_id"] if self.entity == "user" else self.target["user_id"]
 
 
 @dataclass
@@ -193,7 +198,7 @@ def _predict(teacher, group, entity, cfg, progress, refined: bool) -> None:
                                        prediction=c.prediction) + [_reply(f"<refined>{c.refined}</refined>")]  # fmt: skip
         else:
             chat = prompts.answered_chat(entity, cfg.domain, s.inputs, c.answer, s.target)
-        return prompts.predict_chat(chat, cfg.domain, strict)
+        return prompts.predict_chat(chat, entity, cfg.domain, strict)
 
     step = "construct-predict-refined" if refined else "construct-predict"
     for c, prediction in zip(group, _step(teacher, group, step, build, parse_prediction, cfg.adapter, cfg.predict(),
@@ -245,7 +250,7 @@ class Example:
 def examples(c: Construction, domain: prompts.Domain, provenance: dict) -> list[Example]:
     """The examples a kept construction contributes, written with the inference prompts (no target shown)."""
     s, tag = c.sample, prompts.ANSWER_TAG[c.sample.entity]
-    about = {**provenance, "sample_id": s.sample_id, "draw": c.draw, "label": s.label, "target": s.target["item_id"]}
+    about = {**provenance, "sample_id": s.sample_id, "draw": c.draw, "label": s.label, "target": s.target_id}
     out = []
     if "reason" in c.sets:
         chat = prompts.reason_chat(s.entity, domain, s.inputs)

@@ -1,6 +1,7 @@
 """`r4ec tuning evaluate`: the base and the tuned actor and reflector side by side on the held-out users.
 
-Both arms run the same protocol on the same samples (held-out users, several training-period targets each): the actor
+Both arms run the same protocol on the same samples (held-out users, several training-period targets each; for
+items, items with a held-out user as the target, a few per user): the actor
 answers with the target shown and predicts like / dislike in a turn of its own; the reflector judges the answer with
 the inference prompt, as the tuned one was trained; every answer it rejects is refined and predicted again. The
 tuned arm asks the same server through the actor's and the reflector's adapters. Per arm:
@@ -26,7 +27,7 @@ from r4ec.config import Settings
 from r4ec.knowledge.job import KnowledgeError, pipelines, serving_engines, worker_backend
 from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
 from r4ec.local_models import adapter_identity
-from r4ec.tuning.construction import Construction, construct
+from r4ec.tuning.construction import Construction, Sample, construct
 from r4ec.tuning.job import teacher_config
 from r4ec.tuning.samples import held_out_samples
 
@@ -38,13 +39,18 @@ def outcome(c: Construction) -> dict:
     """One sample's figures: what each metric is computed from."""
     label = bool(c.sample.label)
     return {
-        "sample_id": c.sample.sample_id, "user_id": c.sample.inputs["user_id"], "label": c.sample.label,
+        "sample_id": c.sample.sample_id, "user_id": user_of(c.sample), "label": c.sample.label,
         "prediction": c.prediction, "verdict": None if c.reasonable is None else ("reasonable" if c.reasonable else "not reasonable"),
         "refined_prediction": c.refined_prediction,
         "correct": None if c.prediction is None else c.prediction == label,
         "refined_correct": None if c.refined_prediction is None else c.refined_prediction == label,
         "llm_calls": c.chain.llm_calls,
     }  # fmt: skip
+
+
+def user_of(sample: Sample) -> str:
+    """The held-out user a sample is about: the user, or an item's target user (the unit of the bootstrap)."""
+    return sample.inputs["user_id"] if sample.entity == "user" else sample.target["user_id"]
 
 
 def binary_auc(scores: list[bool], positives: list[bool]) -> float | None:
@@ -105,7 +111,7 @@ class EvaluationSummary:
     def line(self) -> str:
         arms, intervals = self.figures["arms"], self.figures["intervals"]
         low, high = intervals["accuracy"].get("difference", (None, None))
-        return (f"held-out evaluation: {arms['base']['samples']:,} samples of {self.figures['users']} users; actor "
+        return (f"held-out evaluation ({self.figures['entity']}): {arms['base']['samples']:,} samples of {self.figures['users']} users; actor "
                 f"accuracy base {_number(arms['base']['accuracy'])}, tuned {_number(arms['tuned']['accuracy'])} "
                 f"(difference 95% CI {_number(low, '+.3f')}..{_number(high, '+.3f')}); verdicts base "
                 f"{_number(arms['base']['verdict_share'], '.1%')}, tuned {_number(arms['tuned']['verdict_share'], '.1%')}; "
@@ -127,11 +133,11 @@ def trained_adapters(settings: Settings) -> Settings:
     return settings.model_copy(update={"knowledge": k.model_copy(update=chosen)})
 
 
-def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000) -> EvaluationSummary:
+def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: str = "user") -> EvaluationSummary:
     """Run both arms on the held-out samples and write evaluation.json, evaluation.md and the per-sample outcomes."""
     settings = trained_adapters(settings)
     k = settings.knowledge
-    samples = held_out_samples(settings, per_user)
+    samples = held_out_samples(settings, per_user, entity)
     if not samples:
         raise KnowledgeError("no held-out user has a training-period sample: check --held-out-fraction and the marts")
     started, by_arm = time.perf_counter(), {}
@@ -143,17 +149,18 @@ def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000) -> Evalua
             runs = construct(backend, samples, cfg, concurrency=pipelines(settings, engines))
             by_arm[arm] = [outcome(c) for c in runs]
     figures = {
+        "entity": entity,
         "built_from": {"model": backend.model_id, "actor_adapter": adapter_identity(k.actor_adapter),
                        "reflector_adapter": adapter_identity(k.reflector_adapter),
                        "construction_version": CONSTRUCTION_VERSION, "held_out_fraction": settings.tuning.held_out_fraction,
                        "targets_per_user": per_user, "seed": settings.seed,
                        "samples": fingerprint.of_json(sorted(s.sample_id for s in samples))},
-        "users": len({s.inputs["user_id"] for s in samples}),
+        "users": len({user_of(s) for s in samples}),
         "arms": {arm: metrics(rows) for arm, rows in by_arm.items()},
         "intervals": {name: bootstrap(by_arm, name, draws, settings.seed) for name in ("accuracy", "verdict_share",
                                                                                       "auc_rejection_wrong")},
     }  # fmt: skip
-    out_dir = layout.evaluation_dir(settings)
+    out_dir = layout.evaluation_dir(settings, entity)
     write(out_dir, figures, by_arm)
     return EvaluationSummary(out_dir, figures, time.perf_counter() - started)
 
@@ -175,8 +182,9 @@ def markdown(figures: dict) -> str:
         return f"{value:{spec}} ({interval[0]:{spec}}..{interval[1]:{spec}})"
 
     lines = [
-        f"Held-out users: {figures['users']}, samples: {figures['arms']['base']['samples']} "
-        f"({figures['built_from']['targets_per_user']} training-period targets each); 95 % bootstrap intervals over users.",
+        f"{figures['entity'].capitalize()} samples of held-out users: {figures['users']} users, "
+        f"{figures['arms']['base']['samples']} samples (up to {figures['built_from']['targets_per_user']} training-period "
+        "ratings each); 95 % bootstrap intervals over users.",
         "",
         "| arm | (a) actor accuracy | (b) verdicts | (b) AUC of rejection for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -1,4 +1,4 @@
-"""`r4ec tuning build-data`: Algorithm 1 over the users as a Spark job, then the SFT data sets and their card.
+"""`r4ec tuning build-data`: Algorithm 1 over the users and the items as a Spark job, then the SFT data sets and their card.
 
 Like knowledge generation: the samples are cut into parts, each Spark task runs the teacher on one part and writes
 `part-NNNNN.parquet` (one row per construction, with the examples it contributes), a `_manifest.json` records what
@@ -62,6 +62,7 @@ def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list
         "construction_version": CONSTRUCTION_VERSION, "max_new_tokens": k.max_new_tokens,
         "repetition_penalty": k.repetition_penalty, "draws": t.draws, "sampling_temperature": k.sampling_temperature,
         "held_out_fraction": t.held_out_fraction, "held_out": fingerprint.of_json(sorted(held_out)), "limit": t.limit,
+        "entities": list(t.entities),
         "seed": settings.seed, "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
         "samples": samples_digest, "parts": parts, "partition_size": k.partition_size,
     }  # fmt: skip
@@ -70,7 +71,7 @@ def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list
 def _schema() -> pa.Schema:
     strings = pa.list_(pa.string())
     return pa.schema([
-        ("sample_id", pa.string()), ("entity", pa.string()), ("draw", pa.int32()), ("target_item_id", pa.string()),
+        ("sample_id", pa.string()), ("entity", pa.string()), ("draw", pa.int32()), ("target_id", pa.string()),
         ("label", pa.int32()), ("answer", pa.string()), ("prediction", pa.bool_()), ("reasonable", pa.bool_()),
         ("feedback", pa.string()), ("refined", pa.string()), ("refined_prediction", pa.bool_()), ("sets", strings),
         ("drop", pa.string()), ("examples", strings), ("replies", pa.list_(pa.struct([("step", pa.string()),
@@ -96,7 +97,7 @@ def construct_part(spec: dict) -> dict:
     now = datetime.now(UTC)
     rows = [
         {"sample_id": c.sample.sample_id, "entity": c.sample.entity, "draw": c.draw,
-         "target_item_id": c.sample.target["item_id"], "label": c.sample.label, "answer": c.answer,
+         "target_id": c.sample.target_id, "label": c.sample.label, "answer": c.answer,
          "prediction": c.prediction, "reasonable": c.reasonable, "feedback": c.feedback, "refined": c.refined,
          "refined_prediction": c.refined_prediction, "sets": list(c.sets), "drop": c.drop,
          "examples": [json.dumps(asdict(e)) for e in examples(c, settings.domain, provenance)],
@@ -132,12 +133,13 @@ class BuildSummary:
 def build_data(settings: Settings, overwrite: bool = False) -> BuildSummary:
     """Construct every sample's answers (resuming finished parts), then write the data sets and their card."""
     from r4ec.spark import run_parts, spark_session
-    from r4ec.tuning.samples import user_samples
+    from r4ec.tuning.samples import construction_samples
 
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
-    if not layout.prompt_inputs_path(settings, "user").is_file():
-        raise KnowledgeError(f"{layout.prompt_inputs_path(settings, 'user')} not found: run `r4ec marts build` first")
-    samples, held_out = user_samples(settings)
+    for entity in ("user", "item"):
+        if not layout.prompt_inputs_path(settings, entity).is_file():
+            raise KnowledgeError(f"{layout.prompt_inputs_path(settings, entity)} not found: run `r4ec marts build` first")
+    samples, held_out = construction_samples(settings)
     size = settings.knowledge.partition_size
     parts = [samples[start : start + size] for start in range(0, len(samples), size)]
     as_rows = [[asdict(s) for s in part] for part in parts]
@@ -190,15 +192,27 @@ def write_datasets(parts_dir: Path, out_dir: Path, about: dict, held_out: list[s
         kept[name] = len(lines)
     dropped = dict(Counter(r["drop"] for r in rows if r["drop"]))
     card = {
-        "built_from": about, "constructions": len(rows), "examples": kept, "dropped": dropped,
-        "drop_reasons": {k: DROPS[k] for k in dropped},
-        "label_balance": {name: dict(Counter(str(r["label"]) for r in rows if name in r["sets"])) for name in SETS},
-        "reflect_verdicts": dict(Counter("reasonable" if r["reasonable"] else "not reasonable" for r in rows
-                                         if "reflect" in r["sets"])),
-        "teacher_accuracy": sum(r["prediction"] == bool(r["label"]) for r in rows if r["prediction"] is not None)
-        / max(1, sum(r["prediction"] is not None for r in rows)),
+        "built_from": about, **_tally(rows), "drop_reasons": {k: DROPS[k] for k in dropped},
+        "by_entity": {entity: _tally([r for r in rows if r["entity"] == entity])
+                      for entity in sorted({r["entity"] for r in rows})},
         "held_out_users": held_out,
-        "tokens": {"in": sum(r["tokens_in"] for r in rows), "out": sum(r["tokens_out"] for r in rows)},
     }  # fmt: skip
     (out_dir / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
     return kept, dropped
+
+
+def _tally(rows: list[dict]) -> dict:
+    """What a card says of some constructions: sizes, drops, label balance, verdicts, teacher accuracy, tokens."""
+    predicted = [r for r in rows if r["prediction"] is not None]
+    return {
+        "constructions": len(rows),
+        "examples": {name: sum(len([e for e in r["examples"] if json.loads(e)["dataset"] == name]) for r in rows)
+                     for name in SETS},
+        "dropped": dict(Counter(r["drop"] for r in rows if r["drop"])),
+        "label_balance": {name: dict(Counter(str(r["label"]) for r in rows if name in r["sets"])) for name in SETS},
+        "reflect_verdicts": dict(Counter("reasonable" if r["reasonable"] else "not reasonable" for r in rows
+                                         if "reflect" in r["sets"])),
+        "teacher_accuracy": sum(r["prediction"] == bool(r["label"]) for r in predicted) / max(1, len(predicted)),
+        "teacher_said_yes": sum(bool(r["prediction"]) for r in predicted),
+        "tokens": {"in": sum(r["tokens_in"] for r in rows), "out": sum(r["tokens_out"] for r in rows)},
+    }  # fmt: skip

@@ -104,7 +104,7 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     random_adapters(settings, tiny_model)
     seeded = seed_tuned_replies(settings, tiny_model)
     assert main(["tuning", "evaluate", "--targets-per-user", "1"]) == 0
-    assert "held-out evaluation:" in capsys.readouterr().out
+    assert "held-out evaluation (user):" in capsys.readouterr().out
     out = layout.evaluation_dir(settings, "user")
     outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
     held_out = held_out_users([str(u) for u in range(1, 944)], 0.02, settings.seed)
@@ -117,3 +117,8 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     assert figures["arms"]["tuned"]["right_to_wrong"] >= 1
     assert figures["built_from"]["actor_adapter"].startswith("adapter@sha256:")
     assert "| tuned |" in (out / "evaluation.md").read_text()
+
+    assert main(["tuning", "evaluate", "--entity", "item", "--targets-per-user", "1"]) == 0
+    items = [json.loads(line) for line in (out.parent / "item" / "outcomes.jsonl").read_text().splitlines()]
+    assert {o["user_id"] for o in items} <= held_out and len({o["user_id"] for o in items}) > 0.8 * len(held_out)
+    assert all(o["sample_id"].startswith("item-") for o in items)

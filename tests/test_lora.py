@@ -69,6 +69,23 @@ def test_training_lowers_the_loss_and_the_adapter_changes_generation(tiny_model,
     assert tuned.model_id != base.model_id
 
 
+def test_micro_batches_take_the_same_step_as_the_whole_batch(tiny_model, tmp_path):
+    """Gradients accumulated over micro-batches of 1 (each padded to its own length) make the same adapter as the
+    batch of 4 at once: only the memory differs."""
+    chats = [chat(n) if n % 2 else chat(n)[:1] + [chat(n)[1], {**chat(n)[2], "content": "<preference>short</preference>"}]
+             for n in range(10)]  # fmt: skip
+    one = Recipe(**{**FAST.__dict__, "epochs": 1, "dropout": 0.0})  # no dropout: the same step, not the same noise
+    whole = train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "whole", one)
+    micro = train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "micro",
+                          Recipe(**{**one.__dict__, "micro_batch_size": 1}))  # fmt: skip
+    assert micro.epochs[0]["train_loss"] == pytest.approx(whole.epochs[0]["train_loss"], rel=1e-5)
+    assert micro.epochs[0]["valid_loss"] == pytest.approx(whole.epochs[0]["valid_loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(r.out_dir / "adapter_model.safetensors") for r in (whole, micro))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * max(a[k].abs().max().item() for k in a)
+
+
 def test_a_killed_run_resumes_from_its_checkpoint(tiny_model, tmp_path, monkeypatch):
     chats = [chat(n) for n in range(10)]
     calls = {"n": 0}

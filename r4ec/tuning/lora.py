@@ -41,6 +41,9 @@ class Recipe:
     warmup: float = 0.1
     valid_fraction: float = 0.05
     batch_size: int = 4
+    # examples per forward pass; a step accumulates the batch's gradients from these (the same step, less memory:
+    # eager attention keeps batch x heads x length^2 floats per layer for the backward pass)
+    micro_batch_size: int | None = None  # None: the whole batch at once
     max_length: int = 1536  # tokens; a longer example is cut from the left of its prompt, never its reply
     target_modules: str = "all-linear"
     seed: int = 42
@@ -85,17 +88,33 @@ def read_examples(sft_dir: Path, role: str) -> tuple[list[list[dict]], dict[str,
 
 
 def _batches(rows: list[tuple[list[int], list[int]]], size: int, pad: int, order: list[int]):
+    for start in range(0, len(order), size):
+        yield _padded([rows[i] for i in order[start : start + size]], pad)
+
+
+def _micro_batches(rows: list[tuple[list[int], list[int]]], size: int, micro: int | None, pad: int, order: list[int]):
+    """Each batch of `size` examples as micro-batches of `micro`, each padded to its own longest example."""
+    for start in range(0, len(order), size):
+        batch = order[start : start + size]
+        step = micro or len(batch)
+        yield [_padded([rows[i] for i in batch[m : m + step]], pad) for m in range(0, len(batch), step)]
+
+
+def _padded(chunk: list[tuple[list[int], list[int]]], pad: int):
     import torch
 
-    for start in range(0, len(order), size):
-        chunk = [rows[i] for i in order[start : start + size]]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad)
-        labels = torch.full((len(chunk), width), IGNORE)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for n, (i, label) in enumerate(chunk):
-            ids[n, : len(i)], labels[n, : len(i)], mask[n, : len(i)] = torch.tensor(i), torch.tensor(label), 1
-        yield ids, labels, mask
+    width = max(len(ids) for ids, _ in chunk)
+    ids = torch.full((len(chunk), width), pad)
+    labels = torch.full((len(chunk), width), IGNORE)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for n, (i, label) in enumerate(chunk):
+        ids[n, : len(i)], labels[n, : len(i)], mask[n, : len(i)] = torch.tensor(i), torch.tensor(label), 1
+    return ids, labels, mask
+
+
+def _labelled(labels) -> int:
+    """Tokens that carry loss (the model predicts token t + 1 from t: the first label is never predicted)."""
+    return int((labels[:, 1:] != IGNORE).sum())
 
 
 def _loss(model, rows, batch_size: int, pad: int) -> float:
@@ -106,7 +125,7 @@ def _loss(model, rows, batch_size: int, pad: int) -> float:
     model.eval()
     with torch.no_grad():
         for ids, labels, mask in _batches(rows, batch_size, pad, list(range(len(rows)))):
-            n = int((labels[:, 1:] != IGNORE).sum())
+            n = _labelled(labels)
             total += model(input_ids=ids, attention_mask=mask, labels=labels).loss.item() * n
             tokens += n
     return total / max(1, tokens)
@@ -162,21 +181,24 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
             continue
         model.train()
         total, tokens, reported = 0.0, 0, time.perf_counter()
-        for step, (ids, labels, mask) in enumerate(_batches(train, recipe.batch_size, pad, epoch_order), 1):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        batches = _micro_batches(train, recipe.batch_size, recipe.micro_batch_size, pad, epoch_order)
+        for step, micro_batches in enumerate(batches, 1):
             optimizer.zero_grad()
-            loss.backward()
+            in_batch = sum(_labelled(labels) for _, labels, _ in micro_batches)
+            for ids, labels, mask in micro_batches:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss  # mean over its labelled tokens
+                n = _labelled(labels)
+                (loss * n / in_batch).backward()  # summed: the gradient of the whole batch's mean loss
+                total, tokens, seen = total + loss.item() * n, tokens + n, seen + int(mask.sum())
             optimizer.step()
             schedule.step()
-            n = int((labels[:, 1:] != IGNORE).sum())
-            total, tokens, seen = total + loss.item() * n, tokens + n, seen + int(mask.sum())
             steps_run += 1
             if time.perf_counter() - reported >= PROGRESS_INTERVAL_S:
                 reported, left = time.perf_counter(), (recipe.epochs - epoch + 1) * steps_per_epoch - step
                 log.info("epoch %d/%d: step %d/%d, train loss %.4f, %.0f tokens/s, ETA %.0fs", epoch, recipe.epochs,
                          step, steps_per_epoch, total / max(1, tokens), seen / (reported - started),
                          (reported - started) / steps_run * left)  # fmt: skip
-        epochs.append({"epoch": epoch, "train_loss": total / max(1, tokens), "valid_loss": _loss(model, valid, recipe.batch_size, pad)})
+        epochs.append({"epoch": epoch, "train_loss": total / max(1, tokens), "valid_loss": _loss(model, valid, recipe.micro_batch_size or recipe.batch_size, pad)})
         log.info("epoch %d/%d: train loss %.4f, valid loss %.4f", epoch, recipe.epochs, epochs[-1]["train_loss"],
                  epochs[-1]["valid_loss"])  # fmt: skip
         _checkpoint(out_dir, about, model, optimizer, schedule, epochs)

@@ -6,6 +6,7 @@ reflector asked without the target; a right answer it rejects is refined too) is
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -97,7 +98,8 @@ def seed_tuned_replies(settings: Settings, tiny_model) -> str:
 
 
 @pytest.mark.integration
-def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_model, capsys):
+def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_model, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="r4ec")
     assert main(["tuning", "evaluate"]) == 2  # nothing trained yet: one line, no traceback
     assert "no adapter there" in capsys.readouterr().err
 
@@ -105,6 +107,7 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     seeded = seed_tuned_replies(settings, tiny_model)
     assert main(["tuning", "evaluate", "--targets-per-user", "1"]) == 0
     assert "held-out evaluation (user):" in capsys.readouterr().out
+    assert any(m.startswith("evaluation: tuned arm done: part 0: ") for m in caplog.messages)  # calls, tokens
     out = layout.evaluation_dir(settings, "user")
     outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
     held_out = held_out_users([str(u) for u in range(1, 944)], 0.02, settings.seed)

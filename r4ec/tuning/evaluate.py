@@ -25,6 +25,7 @@ from pathlib import Path
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.knowledge.job import KnowledgeError, pipelines, serving_engines, worker_backend
+from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
 from r4ec.local_models import adapter_identity
 from r4ec.tuning.construction import Construction, Sample, construct
@@ -146,7 +147,9 @@ def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: s
         for arm, (actor, reflector) in ARMS.items():
             cfg = replace(teacher_config(settings), adapter=actor, reflector_adapter=reflector, evaluation=True)
             log.info("evaluation: %s arm on %d held-out samples", arm, len(samples))
-            runs = construct(backend, samples, cfg, concurrency=pipelines(settings, engines))
+            with PartProgress(0, len(samples), None, cfg.steps(), k.progress_interval_s) as progress:
+                runs = construct(backend, samples, cfg, progress, concurrency=pipelines(settings, engines))
+            log.info("evaluation: %s arm done: %s", arm, progress.line())
             by_arm[arm] = [outcome(c) for c in runs]
     figures = {
         "entity": entity,

@@ -185,20 +185,18 @@ def write_datasets(parts_dir: Path, out_dir: Path, about: dict, held_out: list[s
     table = pq.read_table(sorted(parts_dir.glob(layout.part_name_glob())))
     rows = table.to_pylist()
     out_dir.mkdir(parents=True, exist_ok=True)
-    kept: dict[str, int] = {}
     for name in SETS:
         lines = [e for r in rows for e in r["examples"] if json.loads(e)["dataset"] == name]
         (out_dir / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
-        kept[name] = len(lines)
-    dropped = dict(Counter(r["drop"] for r in rows if r["drop"]))
+    overall = _tally(rows)
     card = {
-        "built_from": about, **_tally(rows), "drop_reasons": {k: DROPS[k] for k in dropped},
+        "built_from": about, **overall, "drop_reasons": {k: DROPS[k] for k in overall["dropped"]},
         "by_entity": {entity: _tally([r for r in rows if r["entity"] == entity])
                       for entity in sorted({r["entity"] for r in rows})},
         "held_out_users": held_out,
     }  # fmt: skip
     (out_dir / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
-    return kept, dropped
+    return overall["examples"], overall["dropped"]
 
 
 def _tally(rows: list[dict]) -> dict:
@@ -206,8 +204,7 @@ def _tally(rows: list[dict]) -> dict:
     predicted = [r for r in rows if r["prediction"] is not None]
     return {
         "constructions": len(rows),
-        "examples": {name: sum(len([e for e in r["examples"] if json.loads(e)["dataset"] == name]) for r in rows)
-                     for name in SETS},
+        "examples": {name: sum(name in r["sets"] for r in rows) for name in SETS},  # one example per set kept
         "dropped": dict(Counter(r["drop"] for r in rows if r["drop"])),
         "label_balance": {name: dict(Counter(str(r["label"]) for r in rows if name in r["sets"])) for name in SETS},
         "reflect_verdicts": dict(Counter("reasonable" if r["reasonable"] else "not reasonable" for r in rows

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from r4ec.config import Settings
 from r4ec.console import FORMAT, quiet_terminal, terminal
+from r4ec.layout import RUN_NAMES
 from r4ec.local_models import WHEEL_GGUFS
 
 log = logging.getLogger("r4ec")
@@ -587,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--backbone", nargs="+", default=["din"], choices=[*BACKBONE_NAMES, "all"],
                        help="one or more backbones; all = every backbone but lr (default: din)")  # fmt: skip
-    train.add_argument("--knowledge", nargs="+", default=["none"], choices=["none", "single", "iterative", "filter"],
-                       help="feature service of the knowledge run; none = base features (default: none)")  # fmt: skip
+    train.add_argument("--knowledge", nargs="+", default=["none"], choices=["none", *RUN_NAMES],
+                       help="feature service of the knowledge run; none = base features, STRATEGY-tuned = the run made "
+                       "with --actor-adapter / --reflector-adapter (default: none)")  # fmt: skip
     train.add_argument("--limit", type=int, help="the knowledge runs made on a sample of this many users and items "
                        "(knowledge generate --limit; default: the full runs)")  # fmt: skip
     train.add_argument("--seeds", nargs="+", type=int, help="several seeds (default: --seed)")

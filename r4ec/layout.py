@@ -13,8 +13,9 @@ asks here instead of assembling another stage's folder names.
     DATA_DIR/models/artifacts/DATASET/published/<digest>/<run>/    snapshots of published runs
 
 A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
-(`iterative-sample20`); its Feast service is the same name with an underscore (`iterative_sample20`), so a sampled
-run can never be read as the full one.
+(`iterative-sample20`), by the base models or with LoRA adapters (`iterative-tuned`, `iterative-tuned-sample20`); its
+Feast service is the same name with underscores (`iterative_tuned_sample20`), so a sampled run can never be read as the
+full one, nor a tuned run as the base models'.
 """
 
 from __future__ import annotations
@@ -30,19 +31,30 @@ ENTITIES = ("user", "item")
 BASE_SERVICE = "base"
 MANIFEST = "_manifest.json"  # what a knowledge folder was built from
 COMPLETE = "_COMPLETE.json"  # written last by the encode step: every knowledge part has its vectors, nothing else
-_RUN = re.compile(r"^(?P<strategy>[a-z]+)(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
+TUNED = "-tuned"  # the run's actor or reflector had a LoRA adapter (which ones, by hash: the run's manifest)
+STRATEGIES = ("single", "iterative", "filter")
+RUN_NAMES = (*STRATEGIES, *(s + TUNED for s in STRATEGIES))  # what a training configuration's knowledge may name
+_RUN = re.compile(r"^(?P<strategy>[a-z]+)(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
 
 
 @dataclass(frozen=True)
 class KnowledgeRun:
-    """A strategy on all entities (limit None) or on a seeded sample of `limit` users and `limit` items."""
+    """A strategy on all entities (limit None) or on a seeded sample of `limit` users and `limit` items, by the base
+    models or (tuned) with an actor or reflector adapter."""
 
     strategy: str
     limit: int | None = None
+    tuned: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> KnowledgeRun:
-        return cls(settings.knowledge.strategy, settings.knowledge.limit)
+        k = settings.knowledge
+        return cls(k.strategy, k.limit, k.actor_adapter is not None or k.reflector_adapter is not None)
+
+    @classmethod
+    def named(cls, knowledge: str, limit: int | None = None) -> KnowledgeRun:
+        """From a training configuration's knowledge (`iterative`, `iterative-tuned`) and sample size."""
+        return cls(knowledge.removesuffix(TUNED), limit, knowledge.endswith(TUNED))
 
     @classmethod
     def parse(cls, name: str) -> KnowledgeRun | None:
@@ -50,11 +62,16 @@ class KnowledgeRun:
         match = _RUN.match(name)
         if match is None:
             return None
-        return cls(match["strategy"], int(match["limit"]) if match["limit"] else None)
+        return cls(match["strategy"], int(match["limit"]) if match["limit"] else None, match["tuned"] is not None)
+
+    @property
+    def name(self) -> str:
+        """The knowledge as a training configuration names it (`iterative-tuned`): the folder without the sample."""
+        return self.strategy + (TUNED if self.tuned else "")
 
     @property
     def folder(self) -> str:
-        return self.strategy if self.limit is None else f"{self.strategy}-sample{self.limit}"
+        return self.name if self.limit is None else f"{self.name}-sample{self.limit}"
 
     @property
     def service(self) -> str:

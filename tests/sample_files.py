@@ -86,10 +86,10 @@ def write_amazon(folder: Path, n_users: int = 120, n_items: int = 40, seed: int 
     return reviews
 
 
-def write_vectors(settings: Settings, entity: str, strategy: str, part: int, rows: list[tuple], limit: int | None = None) -> None:
-    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`, in a knowledge run
-    marked as complete (its manifest and `_COMPLETE.json` name a test model and encoder): Feast registers it."""
-    run = KnowledgeRun(strategy, limit if limit is not None else settings.knowledge.limit)
+def write_vectors(settings: Settings, entity: str, knowledge: str, part: int, rows: list[tuple], limit: int | None = None) -> None:
+    """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`, in the knowledge run
+    `knowledge` (`single`, `iterative-tuned`) marked as complete (its manifest and `_COMPLETE.json` name a test model and encoder): Feast registers it."""
+    run = KnowledgeRun.named(knowledge, limit if limit is not None else settings.knowledge.limit)
     table = pa.Table.from_pylist(
         [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "quality": "parsed", "texts": 1,
           "encoder": "test"} for i, t, fill in rows],
@@ -97,7 +97,7 @@ def write_vectors(settings: Settings, entity: str, strategy: str, part: int, row
     )  # fmt: skip
     target = layout.vectors_dir(settings, entity, run)
     write_parquet(table, target / layout.part_name(part))
-    manifest = {"strategy": strategy, "limit": run.limit, "model": "test-model", "prompt_version": "test-prompts"}
+    manifest = {"strategy": run.strategy, "limit": run.limit, "model": "test-model", "prompt_version": "test-prompts"}
     layout.knowledge_dir(settings, entity, run).mkdir(parents=True, exist_ok=True)
     (layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).write_text(json.dumps(manifest))
     mark_complete(target, entity, "test")

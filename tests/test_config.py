@@ -2,6 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from r4ec.config import Settings
+from r4ec.layout import KnowledgeRun, knowledge_dir
 
 
 def test_defaults_are_the_papers_protocol():
@@ -34,6 +35,19 @@ def test_paths_derive_from_data_dir_and_dataset(tmp_path):
     settings = Settings(data_dir=tmp_path, dataset="ml-1m")
     assert settings.raw_dir == tmp_path / "raw" / "ml-1m"
     assert settings.marts_dir == tmp_path / "marts" / "ml-1m"
+
+
+def test_a_run_with_adapters_has_its_own_folder_and_service(tmp_path):
+    """Knowledge from a tuned actor or reflector never lands in (or is read as) the base models' run."""
+    base = Settings(data_dir=tmp_path, knowledge={"limit": 5})
+    for adapter in ("actor_adapter", "reflector_adapter"):
+        tuned = Settings(data_dir=tmp_path, knowledge={"limit": 5, adapter: tmp_path / "adapter"})
+        run = KnowledgeRun.of(tuned)
+        assert (run.folder, run.service, run.name) == ("iterative-tuned-sample5", "iterative_tuned_sample5", "iterative-tuned")
+        assert KnowledgeRun.parse(run.folder) == KnowledgeRun.parse(run.service) == KnowledgeRun.named(run.name, 5) == run
+        assert knowledge_dir(tuned, "user") != knowledge_dir(base, "user")
+    assert KnowledgeRun.of(base).folder == "iterative-sample5" and not KnowledgeRun.parse("iterative-sample5").tuned
+    assert KnowledgeRun.parse("iterative-sample5-tuned") is None
 
 
 @pytest.mark.parametrize("bad", [{"dataset": "netflix"}, {"train_fraction": 1.5}, {"history_length": 0}, {"nope": 1}])

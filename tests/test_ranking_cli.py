@@ -130,6 +130,22 @@ def test_knowledge_from_a_sampled_run_is_trained_and_named_as_such(data_dir):
     assert 0 < shares["missing"] < 1 and shares["parsed"] == pytest.approx(1 - shares["missing"])
 
 
+def test_knowledge_from_a_tuned_run_is_trained_and_named_as_such(data_dir):
+    """`--knowledge single-tuned` reads the run made with adapters; its feature service is not the base models'."""
+    tuned = Settings(data_dir=data_dir, knowledge={"limit": 7})
+    first = pq.read_table(tuned.marts_dir / "ctr_samples.parquet").to_pandas().groupby("user_id").event_timestamp.min()
+    write_vectors(tuned, "user", "single-tuned", 0, [(u, first[u], 0.5) for u in first.index[:7]])
+    write_vectors(tuned, "item", "single-tuned", 0, [("1", first.min(), 0.5)])
+    argv = ["train", "--data-dir", str(data_dir), "--knowledge", "single-tuned", "--limit", "7", "--seeds", "1", "--epochs", "1"]
+    assert main(argv) == 0
+    config = json.loads((data_dir / "models" / "artifacts" / "ml-100k" / "din-single-tuned-sample7-mlp-seed1" / "config.json").read_text())
+    assert config["feature_service"] == "single_tuned_sample7" and config["knowledge"] == "single-tuned"
+    assert config["training_set"].endswith("training/ml-100k/single_tuned_sample7.parquet")
+    assert config["knowledge_run"]["name"] == "single-tuned-sample7"
+    vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
+    assert {v[0] for v in vectors.to_pylist() if v is not None} == {0.5}  # the tuned run's vectors, not `single`'s
+
+
 def test_training_before_the_marts_exist_is_a_one_line_error(tmp_path, capsys):
     empty = tmp_path / "empty"
     assert main(["train", "--data-dir", str(empty)]) == 2

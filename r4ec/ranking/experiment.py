@@ -62,7 +62,7 @@ def knowledge_run(settings: Settings, config: TrainConfig, table: pa.Table) -> d
 
     if config.knowledge == "none":
         return None
-    return {**describe(settings, KnowledgeRun(config.knowledge, config.knowledge_limit)), "quality_shares": quality_shares(table)}
+    return {**describe(settings, KnowledgeRun.named(config.knowledge, config.knowledge_limit)), "quality_shares": quality_shares(table)}
 
 
 def train_configs(

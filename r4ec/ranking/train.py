@@ -21,7 +21,7 @@ from torch import nn
 
 from r4ec import fingerprint
 from r4ec.config import Settings
-from r4ec.layout import BASE_SERVICE, KnowledgeRun
+from r4ec.layout import BASE_SERVICE, RUN_NAMES, KnowledgeRun
 from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
 from r4ec.ranking.connectors import CONNECTORS
@@ -41,7 +41,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "dcn": DCN, "deepfm": DeepFM,
 }  # fmt: skip
 KNOWLEDGE_COLUMNS = ("user_knowledge_vector", "item_knowledge_vector")
-KNOWLEDGE = ("none", "single", "iterative", "filter")
+KNOWLEDGE = ("none", *RUN_NAMES)
 # Adam's step size, chosen on ml-100k's validation AUC (seed 1; 1e-3 and 3e-3 for the backbones, 3e-3 to 3e-2 for lr)
 LEARNING_RATES = {"lr": 1e-2}
 DEFAULT_LEARNING_RATE = 3e-3
@@ -54,7 +54,7 @@ class TrainConfig:
     sweep takes both from the settings in use (r4ec.ranking.experiment.train_configs)."""
 
     backbone: str = "din"
-    knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative, filter
+    knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative, filter[-tuned]
     knowledge_limit: int | None = None  # the knowledge run was on a sample of this many users and items
     seed: int = Settings.model_fields["seed"].default
     epochs: int = 10
@@ -89,7 +89,7 @@ class TrainConfig:
     @property
     def service(self) -> str:
         """The Feast service, named by r4ec.layout's one rule: a sampled knowledge run's says so (single_sample20)."""
-        return BASE_SERVICE if self.knowledge == "none" else KnowledgeRun(self.knowledge, self.knowledge_limit).service
+        return BASE_SERVICE if self.knowledge == "none" else KnowledgeRun.named(self.knowledge, self.knowledge_limit).service
 
     @property
     def lr(self) -> float:
@@ -98,7 +98,7 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         """BACKBONE-KNOWLEDGE-CONNECTOR-seedS, the knowledge run named by r4ec.layout (din-single-sample20-mlp-seed1)."""
-        knowledge = "none" if self.knowledge == "none" else KnowledgeRun(self.knowledge, self.knowledge_limit).folder
+        knowledge = "none" if self.knowledge == "none" else KnowledgeRun.named(self.knowledge, self.knowledge_limit).folder
         return f"{self.backbone}-{knowledge}-{self.connector}-seed{self.seed}"
 
 

@@ -26,7 +26,8 @@ KNOWLEDGE_OPTIONS = (
 )  # fmt: skip
 
 
-TUNING_OPTIONS = {"limit": "limit", "draws": "draws", "held_out_fraction": "held_out_fraction"}  # setting -> option
+TUNING_OPTIONS = {"limit": "limit", "draws": "draws", "held_out_fraction": "held_out_fraction",
+                  "min_answer_words": "min_answer_words"}  # setting -> option
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -514,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     build_data.add_argument("--limit", "--users", dest="limit", type=int,
                             help="a seeded sample of this many users and as many items (default: all)")  # fmt: skip
     build_data.add_argument("--draws", type=int, help="teacher rationales per sample (rejection sampling; default: 1)")
+    build_data.add_argument("--min-answer-words", type=int, help="drop teacher answers shorter than this, unjudged "
+                            "(a title or a list of genres is no knowledge; default: 20; 0: keep all)")  # fmt: skip
     build_data.add_argument("--held-out-fraction", type=float, help="users set aside for evaluation (default: 0.1)")
     build_data.add_argument("--overwrite", action="store_true", help="rebuild answers made with other settings")
 

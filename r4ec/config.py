@@ -98,6 +98,10 @@ class TuningSettings(BaseModel):
         None, ge=1, description="Construct from a seeded sample of this many users and as many items; None: all."
     )
     entities: tuple[Literal["user", "item"], ...] = Field(("user", "item"), description="Whose samples to construct.")
+    min_answer_words: int = Field(
+        20, ge=0, description="A teacher answer (or refinement) shorter than this is dropped: a title or a list of "
+        "genres is no knowledge. 0: no gate."
+    )
 
 
 class FeaturesSettings(BaseModel):

@@ -4,6 +4,8 @@ by a reply it would parse."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from r4ec.knowledge import prompts
@@ -73,8 +75,23 @@ def test_the_filter_keeps_and_drops_exactly_as_algorithm_1_says():
     assert outcome(None, 1, None) == ((), "no_prediction")
     assert outcome(True, 1, None) == ((), "no_verdict")
     assert outcome(None, 1, None, answer=None) == ((), "no_answer")
+    short = Construction(sample(0), 0, Chain(inputs=INPUTS), "Star Wars", True, False, "fix", "likes it", False)
+    assert decide(short) == (("reflect", "refine"), None) and decide(short, 3) == ((), "answer_too_short")
+    short.answer = "likes space operas"
+    assert decide(short, 3) == ((), "refinement_too_short")
     assert set(DROPS) == {"no_answer", "no_prediction", "no_verdict", "correct_judged_unreasonable",
-                          "wrong_judged_reasonable", "refinement_unparsed", "refinement_still_wrong"}  # fmt: skip
+                          "wrong_judged_reasonable", "refinement_unparsed", "refinement_still_wrong",
+                          "answer_too_short", "refinement_too_short"}  # fmt: skip
+
+
+def test_a_short_answer_is_dropped_unjudged_except_in_an_evaluation(teacher):
+    s, cfg = sample(1, "6"), TeacherConfig(domain="movies", generation=GenerationConfig(max_new_tokens=8), min_words=6)
+    answer = seed_chain(teacher, s, "yes", "reasonable", cfg=cfg)  # 5 words
+    (c,) = construct(teacher, [s], cfg)
+    assert c.drop == "answer_too_short" and c.answer == answer
+    assert [r["step"] for r in c.chain.replies] == ["construct-reason-1"]  # no prediction or reflection asked
+    (judged,) = construct(teacher, [s], replace(cfg, min_words=5))
+    assert judged.sets == ("reason", "reflect")
 
 
 def test_each_branch_through_the_teacher(teacher):

@@ -56,6 +56,11 @@ def test_construction_variant_shows_the_target_and_asks_the_prediction_as_its_ow
     target = {"item_id": "2", "title": "Heat", "release_year": 1995, "category": "Action"}
     chat = prompts.reason_chat("user", "movies", USER, target=target)
     assert "The target movie: Heat (1995), genre Action." in text(chat) and "<prediction>" not in text(chat)
+    # the inference prompt, then the target as what the answer will be checked against (shown before the task, a
+    # small teacher answered with the target's title)
+    inference = prompts.reason_chat("user", "movies", USER)[1]["content"]
+    assert chat[1]["content"].startswith(inference + "\n\nThe target movie: Heat")
+    assert chat[1]["content"].endswith("write about this viewer, not about the target.")
     answered = prompts.answered_chat("user", "movies", USER, "likes cartoons", target)
     predict = prompts.predict_chat(answered, "user", "movies")
     assert predict[:3] == answered and predict[-1]["role"] == "user" and "yes or no" in predict[-1]["content"]
@@ -77,8 +82,9 @@ def test_an_items_construction_target_is_a_user_with_their_history():
     assert "Will the target reader like this book?" in prompts.predict_chat(answered, "item", "books")[-1]["content"]
     reflect = prompts.reflect_chat("item", "books", BOOK, "a classic", viewer, prediction=True)
     assert "Also check its prediction for the target reader." in reflect[-1]["content"]
-    assert prompts.reason_chat("item", "books", BOOK) == chat[:1] + [{
-        "role": "user", "content": chat[1]["content"].replace("\n" + prompts.describe_user(viewer, prompts.VOCABULARY["books"], "The target"), "")}]
+    inference = prompts.reason_chat("item", "books", BOOK)
+    assert inference[0] == chat[0] and chat[1]["content"].startswith(inference[1]["content"] + "\n\n")
+    assert "predict whether the target reader will like this book: write about this book" in chat[1]["content"]
 
 
 def test_strict_variants_insist_on_the_tags():

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from r4ec.config import Settings
 from r4ec.features import store
@@ -48,6 +49,10 @@ def test_training_lowers_validation_loss(training_table, tmp_path, backbone):
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["best_epoch"] == result.best_epoch and (run / "model.pt").is_file()
     assert json.loads((run / "config.json").read_text())["feature_service"] == "base"
+    scored = pq.read_table(run / "predictions.parquet").to_pandas()  # the test split, recomputable from the run
+    test = split(training_table, "test").to_pandas()
+    assert list(scored.sample_id) == list(test.sample_id) and list(scored.label) == list(test.label)
+    assert roc_auc_score(scored.label, scored.score) == pytest.approx(saved["test"]["auc"], abs=1e-12)
 
 
 def test_model_choice_never_reads_the_test_split(training_table):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 PROMPT_VERSION = "r4ec-prompts-v3"  # the inference prompts (no target shown)
-CONSTRUCTION_VERSION = "r4ec-construction-v2"  # the construction variant: the prediction as its own turn
+CONSTRUCTION_VERSION = "r4ec-construction-v3"  # v2: the prediction as its own turn; v3: the target after the task
 MAX_WORDS = 150  # an answer: about 200 tokens, inside the encoder's 256-token window (all-MiniLM-L6-v2)
 REFLECTION_WORDS = 80
 
@@ -123,13 +123,22 @@ def _facts(entity: Entity, inputs: dict, words: Vocabulary) -> str:
     return describe_user(inputs, words) if entity == "user" else describe_item_inputs(inputs, words)
 
 
-def _target(entity: Entity, target: dict | None, words: Vocabulary) -> str:
-    """A user's target is an item they rated; an item's, a user who rated it (their history before that rating)."""
-    if not target:
-        return ""
+def _target(entity: Entity, target: dict, words: Vocabulary) -> str:
+    """A user's target is an item they rated; an item's, a user who rated it (their history before that rating).
+    Shown after the task, as what the answer will be checked against: placed before it, Qwen2.5-Coder-0.5B answered
+    68 of 107 kept user samples with the target's title or a list of genres (median 4 words) instead of a taste."""
     if entity == "user":
-        return f"\nThe target {words.thing}: {describe_item(target, words)}."
-    return "\n" + describe_user(target, words, who="The target")
+        about = f"The target {words.thing}: {describe_item(target, words)}."
+    else:
+        about = describe_user(target, words, who="The target")
+    subject = f"this {words.person}" if entity == "user" else f"this {words.thing}"
+    return f"{about}\nYour answer will be used to predict {_will_like(entity, words)}: write about {subject}, not about the target."
+
+
+def _will_like(entity: Entity, words: Vocabulary) -> str:
+    if entity == "user":
+        return f"whether this {words.person} will like the target {words.thing}"
+    return f"whether the target {words.person} will like this {words.thing}"
 
 
 def _targeted(entity: Entity, words: Vocabulary) -> str:
@@ -139,8 +148,9 @@ def _targeted(entity: Entity, words: Vocabulary) -> str:
 def reason_chat(entity: Entity, domain: Domain, inputs: dict, target: dict | None = None, strict: bool = False) -> Chat:
     """The actor's first answer; with `target`, the construction variant that also predicts a like."""
     words, tag = VOCABULARY[domain], ANSWER_TAG[entity]
-    lines = [_facts(entity, inputs, words) + _target(entity, target, words), "", _task(entity, words)]
-    lines.append(f"Use at most {MAX_WORDS} words.")
+    lines = [_facts(entity, inputs, words), "", _task(entity, words), f"Use at most {MAX_WORDS} words."]
+    if target:
+        lines += ["", _target(entity, target, words)]
     if strict:
         lines.append(_insist(tag))
     return [_message("system", SYSTEM), _message("user", "\n".join(lines))]

@@ -21,6 +21,7 @@ from torch import nn
 
 from r4ec import fingerprint
 from r4ec.config import Settings
+from r4ec.data.tables import write_parquet
 from r4ec.layout import BASE_SERVICE, RUN_NAMES, KnowledgeRun
 from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
@@ -114,22 +115,38 @@ class Result:
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> rows, positives
     vocab: Vocab | None = None  # what scoring needs besides the weights: the ids the model was trained on
     knowledge_dim: int = 0
+    predictions: pa.Table | None = None  # the test split scored by the chosen epoch (PREDICTION_COLUMNS + score)
 
 
 def split(table: pa.Table, name: str) -> pa.Table:
     return table.filter(pc.equal(table.column("split"), name))
 
 
-def evaluate(model: nn.Module, tensors: Tensors, batch_size: int = 8192) -> dict[str, float]:
+def score(model: nn.Module, tensors: Tensors, batch_size: int = 8192) -> np.ndarray:
+    """The model's click probability for every row, in the rows' order."""
     model.eval()
     scores = []
     with torch.no_grad():
         for start in range(0, len(tensors), batch_size):
             index = torch.arange(start, min(start + batch_size, len(tensors)))
             scores.append(torch.sigmoid(model(tensors.batch(index))))
-    predicted = torch.cat(scores).numpy().astype(np.float64)
-    labels = tensors.label.numpy()
-    return {"auc": float(roc_auc_score(labels, predicted)), "logloss": float(log_loss(labels, np.clip(predicted, 1e-7, 1 - 1e-7)))}
+    return torch.cat(scores).numpy().astype(np.float64)
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    return {"auc": float(roc_auc_score(labels, scores)), "logloss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7)))}
+
+
+def evaluate(model: nn.Module, tensors: Tensors) -> dict[str, float]:
+    return metrics(tensors.label.numpy(), score(model, tensors))
+
+
+PREDICTION_COLUMNS = ("sample_id", "user_id", "item_id", "label")
+
+
+def predictions(table: pa.Table, scores: np.ndarray) -> pa.Table:
+    """The test split's (sample id, user, item, label, score): any metric, on any slice, recomputed from the run."""
+    return split(table, "test").select(list(PREDICTION_COLUMNS)).append_column("score", pa.array(scores))
 
 
 def build_model(config: TrainConfig, vocab: Vocab, knowledge_dim: int) -> nn.Module:
@@ -202,18 +219,20 @@ def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
                 break
     seconds = time.perf_counter() - started
     model.load_state_dict(best_state)
-    result = Result(config, best_epoch, evaluate(model, tensors["valid"]), evaluate(model, tensors["test"]), history,
-                    seconds, seen / seconds, sizes, vocab, knowledge_dim)  # fmt: skip
+    test_scores = score(model, tensors["test"])
+    result = Result(config, best_epoch, evaluate(model, tensors["valid"]), metrics(tensors["test"].label.numpy(), test_scores),
+                    history, seconds, seen / seconds, sizes, vocab, knowledge_dim, predictions(table, test_scores))  # fmt: skip
     return model, result
 
 
 RUN_FILES = ("model.pt", "vocab.json")  # besides config.json: what scoring loads, named by content in config.json
+PREDICTIONS = "predictions.parquet"
 
 
 def save(model: nn.Module, result: Result, directory: Path, **about: object) -> Path:
     """A self-contained run: weights, vocabulary, configuration (plus `about`, e.g. the training set, and the content
-    hashes of the weights and vocabulary) and metrics; returns the run folder. metrics.json is written last: a run
-    folder that has it is complete."""
+    hashes of the weights and vocabulary), test predictions and metrics; returns the run folder. metrics.json is
+    written last: a run folder that has it is complete."""
     c = result.config
     run = directory / c.run_name
     run.mkdir(parents=True, exist_ok=True)
@@ -224,8 +243,10 @@ def save(model: nn.Module, result: Result, directory: Path, **about: object) -> 
     config = {**asdict(c), "learning_rate": c.lr, "feature_service": c.service, "knowledge_dim": result.knowledge_dim,
               "files": files, **about}  # fmt: skip
     (run / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test, "epochs": result.history,
+    if result.predictions is not None:
+        write_parquet(result.predictions, run / PREDICTIONS)
+    figures = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test, "epochs": result.history,
                "splits": result.splits, "seconds": result.seconds,
                "samples_per_second": result.samples_per_second}  # fmt: skip
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run / "metrics.json").write_text(json.dumps(figures, indent=2))
     return run

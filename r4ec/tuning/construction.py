@@ -11,6 +11,10 @@ rated is the target; for an item, the user who rated it (with their history befo
     wrong, judged not reasonable, refinement correct    -> D_reflect (a negative, with its feedback), D_refine
     anything else                                       -> dropped, counted by the reason in DROPS
 
+An answer or refinement shorter than `min_words` is dropped before it is judged (and costs no further calls): the
+actor learns to write what D_reason holds, and Qwen2.5-Coder-0.5B as teacher answered most users with a title or a
+list of genres; an actor tuned on those wrote "The" and stopped.
+
 The examples are written with the *inference* prompts (no target shown): what the tuned models will be asked. The
 teacher's view of the target is what makes its judgement worth learning from. With `draws` > 1 the teacher samples
 that many rationales per sample (rejection sampling) and each goes through the same filter.
@@ -37,6 +41,8 @@ DROPS = {
     "wrong_judged_reasonable": "a wrong prediction the reflection accepted",
     "refinement_unparsed": "the refinement did not parse or carried no prediction",
     "refinement_still_wrong": "the refined prediction was wrong again",
+    "answer_too_short": "the answer had fewer words than tuning.min_answer_words (a title, a list of genres)",
+    "refinement_too_short": "the refinement had fewer words than tuning.min_answer_words",
 }
 
 
@@ -74,10 +80,12 @@ class Construction:
         return None if self.prediction is None else self.prediction == bool(self.sample.label)
 
 
-def decide(c: Construction) -> tuple[tuple[str, ...], str | None]:
+def decide(c: Construction, min_words: int = 0) -> tuple[tuple[str, ...], str | None]:
     """Algorithm 1's filter: the sets a construction feeds, or the reason it is dropped."""
     if c.answer is None:
         return (), "no_answer"
+    if not substantive(c.answer, min_words):
+        return (), "answer_too_short"
     if c.prediction is None:
         return (), "no_prediction"
     if c.reasonable is None:
@@ -88,9 +96,15 @@ def decide(c: Construction) -> tuple[tuple[str, ...], str | None]:
         return (), "wrong_judged_reasonable"
     if c.refined is None or c.refined_prediction is None:
         return (), "refinement_unparsed"
+    if not substantive(c.refined, min_words):
+        return (), "refinement_too_short"
     if c.refined_prediction != bool(c.sample.label):
         return (), "refinement_still_wrong"
     return ("reflect", "refine"), None
+
+
+def substantive(text: str, min_words: int) -> bool:
+    return len(text.split()) >= min_words
 
 
 # The prediction turn's reply after its prefilled "<prediction>": held to a verdict where the engine takes a grammar.
@@ -105,6 +119,7 @@ class TeacherConfig:
     temperature: float = 0.8
     adapter: str | None = None  # the actor's (reason, predict, refine)
     reflector_adapter: str | None = None
+    min_words: int = 0  # shorter answers are dropped unjudged (construction only)
     # evaluation: the reflector gets the inference prompt (no target), as a tuned one was trained, and every answer
     # it rejects is refined, right or wrong, as at inference
     evaluation: bool = False
@@ -152,10 +167,11 @@ def construct(
 
 def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, progress) -> list[Construction]:
     runs = [Construction(s, d, Chain(inputs=s.inputs)) for s in samples for d in range(cfg.draws)]
+    gate = 0 if cfg.evaluation else cfg.min_words  # an evaluation measures whatever the actor writes
     for entity in dict.fromkeys(s.entity for s in samples):
         group = [c for c in runs if c.sample.entity == entity]
         _reason(teacher, group, entity, cfg, progress)
-        answered = [c for c in group if c.answer is not None]
+        answered = [c for c in group if c.answer is not None and substantive(c.answer, gate)]
         _predict(teacher, answered, entity, cfg, progress, refined=False)
         judged = [c for c in answered if c.prediction is not None]
         _reflect(teacher, judged, entity, cfg, progress)
@@ -163,7 +179,7 @@ def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, 
         _refine(teacher, rejected, entity, cfg, progress)
         _predict(teacher, [c for c in rejected if c.refined is not None], entity, cfg, progress, refined=True)
     for c in runs:
-        c.sets, c.drop = decide(c)
+        c.sets, c.drop = decide(c, gate)
     return runs
 
 

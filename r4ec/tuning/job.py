@@ -50,7 +50,8 @@ def teacher_config(settings: Settings) -> TeacherConfig:
     k = settings.knowledge
     generation = GenerationConfig(max_new_tokens=k.max_new_tokens, repetition_penalty=k.repetition_penalty,
                                   seed=settings.seed)  # fmt: skip
-    return TeacherConfig(settings.domain, generation, settings.tuning.draws, k.sampling_temperature)
+    return TeacherConfig(settings.domain, generation, settings.tuning.draws, k.sampling_temperature,
+                         min_words=settings.tuning.min_answer_words)
 
 
 def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list[str]) -> dict:
@@ -62,7 +63,7 @@ def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list
         "construction_version": CONSTRUCTION_VERSION, "max_new_tokens": k.max_new_tokens,
         "repetition_penalty": k.repetition_penalty, "draws": t.draws, "sampling_temperature": k.sampling_temperature,
         "held_out_fraction": t.held_out_fraction, "held_out": fingerprint.of_json(sorted(held_out)), "limit": t.limit,
-        "entities": list(t.entities),
+        "entities": list(t.entities), "min_answer_words": t.min_answer_words,
         "seed": settings.seed, "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
         "samples": samples_digest, "parts": parts, "partition_size": k.partition_size,
     }  # fmt: skip

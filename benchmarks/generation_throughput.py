@@ -5,6 +5,7 @@
 1. this machine's matrix-multiply throughput, float32 and bfloat16 (torch): the ceiling;
 2. plain batched `model.generate` in float32 (transformers, static batches of 8): the floor before llama.cpp;
 3. llama.cpp's own `llama-batched-bench` at the prompts' mean length and the replies' mean length: the anchor;
+   (with `--adapter`, again with that LoRA adapter applied: what serving a tuned actor or reflector costs);
 4. the engine alone: llama-server with the job's settings, all prompts sent at once over HTTP;
 5. the knowledge job (strategy single, one Spark part) on that engine, with an empty answer cache.
 
@@ -30,6 +31,7 @@ import torch
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
 from r4ec.knowledge.backends import SMOLLM2, LlamaCppBackend, Request, cut_at_stop, smollm2_checkpoint
+from r4ec.knowledge.gguf_lora import adapter_gguf
 from r4ec.knowledge.job import generate_knowledge, loop_config, select_entities
 from r4ec.knowledge.report import read_knowledge
 from r4ec.layout import knowledge_dir
@@ -82,11 +84,11 @@ def plain_generate(settings: Settings, chats: list[list[dict]], batch_size: int 
     return prompt, generated, time.perf_counter() - started, replies
 
 
-def batched_bench(model: Path, prompt: int, generated: int, slots: int) -> str:
-    """llama.cpp's own figure for `slots` sequences of this shape: the table row it prints."""
+def batched_bench(model: Path, prompt: int, generated: int, slots: int, lora: Path | None = None) -> str:
+    """llama.cpp's own figure for `slots` sequences of this shape (with a LoRA adapter applied): its table row."""
     command = [str(llamacpp.binary("llama-batched-bench")), "-m", str(model), "-c", str(slots * (prompt + generated) + 512),
                "-b", "2048", "-ub", "512", "-npp", str(prompt), "-ntg", str(generated), "-npl", str(slots),
-               "-t", str(os.cpu_count()), "-fa", "on"]  # fmt: skip
+               "-t", str(os.cpu_count()), "-fa", "on", *(["--lora", str(lora)] if lora else [])]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True).stdout
     row = [line for line in out.splitlines() if re.match(r"^\|\s+\d", line)][-1]
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -131,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=64, help="reason prompts of this many users (default 64)")
     parser.add_argument("--plain-users", type=int, default=16, help="of those, for plain generate (slow; default 16)")
+    parser.add_argument("--adapter", type=Path, help="a peft adapter folder: llama-batched-bench again with it applied "
+                        "(e.g. data/tuning/ml-100k/adapters/actor/adapter)")  # fmt: skip
     args = parser.parse_args()
     base = Settings()
     rows = pq.read_table(base.marts_dir / "user_prompt_inputs.parquet").to_pylist()
@@ -162,6 +166,10 @@ def main() -> None:
         mean_prompt, mean_generated = round(prompt / len(chats)), round(generated / len(chats))
         print(f"llama-batched-bench at {mean_prompt} + {mean_generated} tokens x {settings.knowledge.slots}: "
               f"{batched_bench(model, mean_prompt, mean_generated, settings.knowledge.slots)}")  # fmt: skip
+        if args.adapter:
+            lora = adapter_gguf(args.adapter, model, base.models_dir / "adapters")
+            print(f"  the same with the LoRA adapter {lora.name} applied: "
+                  f"{batched_bench(model, mean_prompt, mean_generated, settings.knowledge.slots, lora)}")  # fmt: skip
         started = time.perf_counter()
         generate_knowledge(settings, "user")
         wall = time.perf_counter() - started

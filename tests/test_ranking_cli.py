@@ -13,6 +13,7 @@ from r4ec.cli import BACKBONE_NAMES, main
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.features.store import training_set_stamp
+from r4ec.layout import KnowledgeRun
 from tests.sample_files import marts_of_first_users, write_vectors
 
 pytestmark = pytest.mark.integration
@@ -112,38 +113,26 @@ def test_unregistered_knowledge_and_missing_runs_are_one_line_errors(data_dir, t
     assert errors[1].startswith("r4ec: error: no finished runs under")
 
 
-def test_knowledge_from_a_sampled_run_is_trained_and_named_as_such(data_dir):
-    """`--limit N` trains on the knowledge runs made with `knowledge generate --limit N`, never the full ones."""
+@pytest.mark.parametrize("knowledge", ["single", "single-tuned"])
+def test_knowledge_from_a_sampled_or_tuned_run_is_trained_and_named_as_such(data_dir, knowledge):
+    """`--limit N` trains on the knowledge runs made with `knowledge generate --limit N`, never the full ones;
+    `single-tuned` on the run made with adapters, never the base models' (both exist here, with other vectors)."""
+    run, fill = KnowledgeRun.named(knowledge, 5), 0.5 if knowledge.endswith("-tuned") else 1.0
     sampled = Settings(data_dir=data_dir, knowledge={"limit": 5})
     first = pq.read_table(sampled.marts_dir / "ctr_samples.parquet").to_pandas().groupby("user_id").event_timestamp.min()
-    write_vectors(sampled, "user", "single", 0, [(u, first[u], 1.0) for u in first.index[:5]])
-    write_vectors(sampled, "item", "single", 0, [("1", first.min(), 1.0)])
-    argv = ["train", "--data-dir", str(data_dir), "--knowledge", "single", "--limit", "5", "--seeds", "1", "--epochs", "1"]
+    write_vectors(sampled, "user", knowledge, 0, [(u, first[u], fill) for u in first.index[:5]])
+    write_vectors(sampled, "item", knowledge, 0, [("1", first.min(), fill)])
+    argv = ["train", "--data-dir", str(data_dir), "--knowledge", knowledge, "--limit", "5", "--seeds", "1", "--epochs", "1"]
     assert main(argv) == 0
-    run = data_dir / "models" / "artifacts" / "ml-100k" / "din-single-sample5-mlp-seed1"
-    config = json.loads((run / "config.json").read_text())
-    assert config["knowledge_limit"] == 5 and config["training_set"].endswith("training/ml-100k/single_sample5.parquet")
+    config = json.loads((data_dir / "models" / "artifacts" / "ml-100k" / f"din-{run.folder}-mlp-seed1" / "config.json").read_text())
+    assert config["knowledge_limit"] == 5 and config["knowledge"] == knowledge and config["feature_service"] == run.service
+    assert config["training_set"].endswith(f"training/ml-100k/{run.service}.parquet")
     vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
     assert 0 < vectors.null_count < len(vectors)  # only the 5 sampled users have knowledge
-    assert config["knowledge_run"]["name"] == "single-sample5" and config["knowledge_run"]["limit"] == 5
+    assert {v[0] for v in vectors.to_pylist() if v is not None} == {fill}  # this run's vectors, not the other's
+    assert config["knowledge_run"]["name"] == run.folder and config["knowledge_run"]["limit"] == 5
     shares = config["knowledge_run"]["quality_shares"]["train"]["user"]
     assert 0 < shares["missing"] < 1 and shares["parsed"] == pytest.approx(1 - shares["missing"])
-
-
-def test_knowledge_from_a_tuned_run_is_trained_and_named_as_such(data_dir):
-    """`--knowledge single-tuned` reads the run made with adapters; its feature service is not the base models'."""
-    tuned = Settings(data_dir=data_dir, knowledge={"limit": 7})
-    first = pq.read_table(tuned.marts_dir / "ctr_samples.parquet").to_pandas().groupby("user_id").event_timestamp.min()
-    write_vectors(tuned, "user", "single-tuned", 0, [(u, first[u], 0.5) for u in first.index[:7]])
-    write_vectors(tuned, "item", "single-tuned", 0, [("1", first.min(), 0.5)])
-    argv = ["train", "--data-dir", str(data_dir), "--knowledge", "single-tuned", "--limit", "7", "--seeds", "1", "--epochs", "1"]
-    assert main(argv) == 0
-    config = json.loads((data_dir / "models" / "artifacts" / "ml-100k" / "din-single-tuned-sample7-mlp-seed1" / "config.json").read_text())
-    assert config["feature_service"] == "single_tuned_sample7" and config["knowledge"] == "single-tuned"
-    assert config["training_set"].endswith("training/ml-100k/single_tuned_sample7.parquet")
-    assert config["knowledge_run"]["name"] == "single-tuned-sample7"
-    vectors = pq.read_table(config["training_set"], columns=["user_knowledge_vector"]).column(0)
-    assert {v[0] for v in vectors.to_pylist() if v is not None} == {0.5}  # the tuned run's vectors, not `single`'s
 
 
 def test_training_before_the_marts_exist_is_a_one_line_error(tmp_path, capsys):

@@ -154,7 +154,7 @@ def synthetic_table(rows: int = 1500, seed: int = 0) -> pa.Table:
         return [None if r % 17 == 0 else knowledge[r, n].tolist() for r in range(rows)]  # a few without knowledge
 
     return pa.table({
-        "user_id": [f"u{u}" for u in user], "item_id": [f"i{i}" for i in item],
+        "sample_id": [f"s{r}" for r in range(rows)], "user_id": [f"u{u}" for u in user], "item_id": [f"i{i}" for i in item],
         "category": [category[i] for i in item], "brand": pa.array([brand[i] for i in item], pa.string()),
         "age": (18 + user % 40).tolist(), "gender": ["MF"[u % 2] for u in user], "occupation": [f"o{u % 5}" for u in user],
         "event_timestamp": pa.array(np.arange(rows) * 1_000_000, pa.timestamp("us", tz="UTC")),

@@ -24,15 +24,16 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
-from r4ec.config import Settings
+from r4ec.config import KnowledgeSettings, Settings
 
 ENTITIES = ("user", "item")
 BASE_SERVICE = "base"
 MANIFEST = "_manifest.json"  # what a knowledge folder was built from
 COMPLETE = "_COMPLETE.json"  # written last by the encode step: every knowledge part has its vectors, nothing else
 TUNED = "-tuned"  # the run's actor or reflector had a LoRA adapter (which ones, by hash: the run's manifest)
-STRATEGIES = ("single", "iterative", "filter")
+STRATEGIES: tuple[str, ...] = get_args(KnowledgeSettings.model_fields["strategy"].annotation)  # the config's one list
 RUN_NAMES = (*STRATEGIES, *(s + TUNED for s in STRATEGIES))  # what a training configuration's knowledge may name
 _RUN = re.compile(r"^(?P<strategy>[a-z]+)(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
 

@@ -24,7 +24,6 @@ from r4ec.knowledge.parsing import clip_words, parse_answer, parse_judgement
 from r4ec.knowledge.progress import PartProgress
 
 Strategy = Literal["single", "iterative", "filter"]
-STRATEGIES: tuple[Strategy, ...] = ("single", "iterative", "filter")
 GENERIC_FEEDBACK = "Ground every claim in the ratings and facts given, and be specific."
 # After the prefilled "<judgement>", an engine that takes a grammar (llama.cpp) is held to a verdict and a bounded
 # reflection: SmolLM2 wrote prose instead of a verdict in 18 of 20 reflections without it, and none with it.

@@ -129,16 +129,11 @@ def _target(entity: Entity, target: dict, words: Vocabulary) -> str:
     68 of 107 kept user samples with the target's title or a list of genres (median 4 words) instead of a taste."""
     if entity == "user":
         about = f"The target {words.thing}: {describe_item(target, words)}."
+        use = f"whether this {words.person} will like the target {words.thing}: write about this {words.person}"
     else:
         about = describe_user(target, words, who="The target")
-    subject = f"this {words.person}" if entity == "user" else f"this {words.thing}"
-    return f"{about}\nYour answer will be used to predict {_will_like(entity, words)}: write about {subject}, not about the target."
-
-
-def _will_like(entity: Entity, words: Vocabulary) -> str:
-    if entity == "user":
-        return f"whether this {words.person} will like the target {words.thing}"
-    return f"whether the target {words.person} will like this {words.thing}"
+        use = f"whether the target {words.person} will like this {words.thing}: write about this {words.thing}"
+    return f"{about}\nYour answer will be used to predict {use}, not about the target."
 
 
 def _targeted(entity: Entity, words: Vocabulary) -> str:

@@ -663,6 +663,9 @@ def main(argv: list[str] | None = None, quiet: bool = False, keep_redirect: bool
     if not (quiet and args.logged and not args.no_quiet):
         logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
         logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # a line per request: the engine's polls
+        # py4j says "Closing down clientserver connection" from __del__ at interpreter exit, when the stream it was
+        # given (a test's captured stderr) may be closed: a "--- Logging error ---" after pytest's summary
+        logging.getLogger("py4j").setLevel(max(level, logging.WARNING))
         return _run(args)
     try:
         path = args.log_file or _log_path(_settings(args), args)

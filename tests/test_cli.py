@@ -43,6 +43,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
         "r4ec: error: ml-1m needs its files: pass --source-path (or set R4EC_SOURCE_PATH)",
         f"r4ec: error: {tmp_path}/raw/ml-100k/ratings.parquet not found: run `r4ec data load` first",
     ]
+    # py4j's INFO lines (one from __del__ at exit, into a stream that may be closed by then) are not let through
+    assert not logging.getLogger("py4j").isEnabledFor(logging.INFO)
 
 
 @pytest.mark.integration

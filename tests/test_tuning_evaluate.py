@@ -22,15 +22,22 @@ from r4ec.tuning.job import teacher_config
 from r4ec.tuning.samples import held_out_samples, held_out_users
 
 
-def row(user: str, correct: bool, verdict: str | None = None, refined_correct: bool | None = None) -> dict:
-    return {"user_id": user, "correct": correct, "verdict": verdict, "refined_correct": refined_correct, "llm_calls": 3}
+def row(user: str, correct: bool, verdict: str | None = None, refined_correct: bool | None = None, label: int = 1,
+        words: int = 40) -> dict:
+    prediction = correct == bool(label)
+    return {"user_id": user, "label": label, "prediction": prediction, "correct": correct, "verdict": verdict,
+            "refined_correct": refined_correct, "llm_calls": 3, "answer_words": words}  # fmt: skip
 
 
 def test_the_figures_count_what_they_say():
-    rows = [row("1", True, "reasonable"), row("1", False, "not reasonable", True), row("2", False, "reasonable"),
-            row("2", True, "not reasonable", False), row("3", False, None), {**row("3", False), "correct": None}]  # fmt: skip
+    rows = [row("1", True, "reasonable", words=10), row("1", False, "not reasonable", True, label=0, words=20),
+            row("2", False, "reasonable", words=30), row("2", True, "not reasonable", False, label=0, words=40),
+            row("3", False, None, words=50), {**row("3", False), "correct": None, "prediction": None}]  # fmt: skip
     m = metrics(rows)
     assert (m["samples"], m["predicted"], m["accuracy"]) == (6, 5, 2 / 5)
+    # "like" predicted by the right answer on a liked target and the wrong one on a disliked target
+    assert m["predicted_like"] == 2 / 5 and m["liked"] == 3 / 5
+    assert m["answer_words"] == 35  # the median over every sample, answered or not
     assert m["verdict_share"] == 4 / 5 and m["rejected"] == 2
     # of the judged: wrong ones rejected 1 of 2 (TPR 0.5), right ones accepted 1 of 2 (TNR 0.5)
     assert m["auc_rejection_wrong"] == 0.5
@@ -116,10 +123,11 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     assert {o["user_id"] for o in outcomes} == held_out
     ours = next(o for o in by_arm["tuned"] if o["sample_id"] == seeded)
     assert (ours["correct"], ours["verdict"], ours["refined_correct"], ours["llm_calls"]) == (True, "not reasonable", False, 0)
+    assert ours["answer_words"] == 2  # "likes comedies"
     figures = json.loads((out / "evaluation.json").read_text())
     assert figures["arms"]["tuned"]["right_to_wrong"] >= 1
     assert figures["built_from"]["actor_adapter"].startswith("adapter@sha256:")
-    assert "| tuned |" in (out / "evaluation.md").read_text()
+    assert "| tuned |" in (out / "evaluation.md").read_text() and "predicted like" in (out / "evaluation.md").read_text()
 
     assert main(["tuning", "evaluate", "--entity", "item", "--targets-per-user", "1"]) == 0
     items = [json.loads(line) for line in (out.parent / "item" / "outcomes.jsonl").read_text().splitlines()]

@@ -5,7 +5,8 @@ items, items with a held-out user as the target, a few per user): the actor
 answers with the target shown and predicts like / dislike in a turn of its own; the reflector judges the answer with
 the inference prompt, as the tuned one was trained; every answer it rejects is refined and predicted again. The
 tuned arm asks the same server through the actor's and the reflector's adapters. Per arm:
-  (a) the actor's accuracy on its first prediction;
+  (a) the actor's accuracy on its first prediction, beside the share it predicted "like" and the share of samples
+      liked (the accuracy of always answering "like"), and the median length of its answers in words;
   (b) the reflector's share of answers with a verdict, and the AUC of "not reasonable" as a detector of a wrong
       prediction (0.5: no better than chance);
   (c) refinements that turn a wrong prediction right, and a right one wrong.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +43,7 @@ def outcome(c: Construction) -> dict:
     label = bool(c.sample.label)
     return {
         "sample_id": c.sample.sample_id, "user_id": user_of(c.sample), "label": c.sample.label,
+        "answer_words": len(c.answer.split()) if c.answer else 0,
         "prediction": c.prediction, "verdict": None if c.reasonable is None else ("reasonable" if c.reasonable else "not reasonable"),
         "refined_prediction": c.refined_prediction,
         "correct": None if c.prediction is None else c.prediction == label,
@@ -70,7 +73,10 @@ def metrics(rows: list[dict]) -> dict:
     return {
         "samples": len(rows),
         "predicted": len(predicted),
-        "accuracy": sum(r["correct"] for r in predicted) / len(predicted) if predicted else None,
+        "accuracy": _share(predicted, lambda r: r["correct"]),
+        "predicted_like": _share(predicted, lambda r: r["prediction"]),
+        "liked": _share(predicted, lambda r: r["label"] == 1),
+        "answer_words": statistics.median(r["answer_words"] for r in rows) if rows else None,
         "verdict_share": len(judged) / len(predicted) if predicted else None,
         "rejected": sum(r["verdict"] == "not reasonable" for r in judged),
         "auc_rejection_wrong": binary_auc([r["verdict"] == "not reasonable" for r in judged],
@@ -80,6 +86,10 @@ def metrics(rows: list[dict]) -> dict:
         "right_to_wrong": sum(r["correct"] and not r["refined_correct"] for r in refined),
         "llm_calls": sum(r["llm_calls"] for r in rows),
     }
+
+
+def _share(rows: list[dict], test) -> float | None:
+    return sum(bool(test(r)) for r in rows) / len(rows) if rows else None
 
 
 def bootstrap(by_arm: dict[str, list[dict]], name: str, draws: int, seed: int) -> dict[str, tuple[float, float]]:
@@ -189,12 +199,13 @@ def markdown(figures: dict) -> str:
         f"{figures['arms']['base']['samples']} samples (up to {figures['built_from']['targets_per_user']} training-period "
         "ratings each); 95 % bootstrap intervals over users.",
         "",
-        "| arm | (a) actor accuracy | (b) verdicts | (b) AUC of rejection for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| arm | (a) actor accuracy | predicted like | liked | answer words (median) | (b) verdicts | (b) AUC of rejection for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ARMS:
         m = figures["arms"][arm]
-        lines.append(f"| {arm} | {cell(arm, 'accuracy')} | {cell(arm, 'verdict_share', '.1%')} | "
+        lines.append(f"| {arm} | {cell(arm, 'accuracy')} | {cell(arm, 'predicted_like', '.1%')} | {cell(arm, 'liked', '.1%')} | "
+                     f"{_number(m['answer_words'], 'g')} | {cell(arm, 'verdict_share', '.1%')} | "
                      f"{cell(arm, 'auc_rejection_wrong')} | {m['wrong_to_right']} of {m['refined']} | "
                      f"{m['right_to_wrong']} of {m['refined']} | {m['llm_calls']:,} |")  # fmt: skip
     low_high = figures["intervals"]["accuracy"].get("difference")

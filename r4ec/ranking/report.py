@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from r4ec.layout import TUNED
 from r4ec.ranking import RankingError
 from r4ec.ranking.train import BACKBONES, KNOWLEDGE
 
@@ -32,7 +33,8 @@ class Row:
 
     @property
     def label(self) -> str:
-        label = LABELS[self.knowledge] + (f", sample {self.limit}" if self.limit else "")
+        tuned = ", tuned actor and reflector" if self.knowledge.endswith(TUNED) else ""
+        label = LABELS[self.knowledge.removesuffix(TUNED)] + tuned + (f", sample {self.limit}" if self.limit else "")
         return label + ("" if self.connector == "mlp" or self.knowledge == "none" else f", {self.connector}")
 
     def mean(self, metric: str) -> float:

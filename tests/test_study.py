@@ -1,0 +1,94 @@
+"""The study (`benchmarks/run_all.py`, r4ec/study.py): its commands, and the real thing end to end on a sample of
+real ml-100k with the one-layer Llama: the results page from what the runs recorded, a second run that redoes
+nothing, a run without adapters that says why its tuned row is missing, and a failing step that stops the study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r4ec import layout
+from r4ec.config import Settings
+from r4ec.study import JOURNAL, Study, plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fake_adapters(settings: Settings) -> None:
+    for role in ("actor", "reflector"):
+        folder = layout.adapter_dir(settings, role) / "adapter"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+
+
+def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    study = Study(("--data-dir", str(tmp_path)), ("iterative", "iterative-tuned"), ("lr", "din"), (1, 2), limit=5)
+    without = plan(study, settings)
+    assert [c[:2] for c in without.commands] == [["data", "load"], ["marts", "build"], ["knowledge", "generate"],
+                                                 ["knowledge", "encode"], ["features", "apply"], ["train", "--backbone"],
+                                                 ["report", "--data-dir"]]  # fmt: skip
+    assert all(c[-2:] == ["--data-dir", str(tmp_path)] for c in without.commands)
+    assert without.commands[2][2:6] == ["--strategy", "iterative", "--limit", "5"]
+    train = without.commands[5]
+    assert train[:11] == ["train", "--backbone", "lr", "din", "--knowledge", "none", "iterative", "--seeds", "1", "2",
+                          "--limit"]  # fmt: skip
+    assert "no adapter at" in without.skipped["iterative-tuned"]
+
+    fake_adapters(settings)
+    tuned = plan(study, settings)
+    assert not tuned.skipped and [c[:2] for c in tuned.commands[7:]] == [["knowledge", "generate"], ["knowledge", "encode"],
+                                                                         ["features", "apply"], ["train", "--backbone"], ["report", "--data-dir"]]  # fmt: skip
+    assert tuned.commands[-2][4:7] == ["--knowledge", "none", "iterative-tuned"]  # each run's rows once it is done
+    generate = tuned.commands[7]
+    assert generate[:3] == ["knowledge", "generate", "--strategy"] and "--actor-adapter" in generate
+    assert generate[generate.index("--reflector-adapter") + 1].endswith("reflector/adapter")
+
+
+def run_all(*args: str) -> subprocess.CompletedProcess:
+    script = REPO / "benchmarks" / "run_all.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_a_failing_step_stops_the_study_and_the_page_says_so(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    done = run_all("--data-dir", str(tmp_path), "--dataset", "ml-1m", "--out", str(out))  # ml-1m needs its files
+    assert done.returncode == 2
+    page = out.read_text()
+    assert "**Stopped**: `r4ec data load --data-dir" in page and "exited with 2" in page
+    journal = [json.loads(line) for line in (tmp_path / "reports" / "ml-1m" / JOURNAL).read_text().splitlines()]
+    assert [(e["command"].split()[1:3], e["exit"]) for e in journal] == [(["data", "load"], 2)]
+
+
+@pytest.mark.integration
+def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp_path, downloads, tiny_model, monkeypatch):
+    (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
+    for name, value in {"BACKEND": "transformers", "MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8"}.items():
+        monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
+    out = tmp_path / "results" / "RESULTS.md"
+    args = ["--data-dir", str(tmp_path), "--knowledge", "single", "iterative-tuned", "--backbones", "dcn", "--seeds", "1",
+            "--limit", "2", "--epochs", "1", "--out", str(out)]  # fmt: skip
+    first = run_all(*args)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    page = out.read_text()
+    assert "| DCN | Base | 1 |" in page and "|  | single (KAR/R2ec), sample 2 [k1] | 1 |" in page
+    assert (out.parent / "table2.png").stat().st_size > 0
+    costs = [line for line in page.splitlines() if line.startswith("| single-sample2 |")]
+    assert [line.split(" | ")[1:3] for line in costs] == [["user", "2"], ["item", "2"]]
+    assert "- `iterative-tuned`: not run: no adapter at" in page
+    assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "7 commands" in page
+
+    parts = sorted((tmp_path / "knowledge" / "ml-100k" / "single-sample2").rglob("*.parquet"))
+    runs = sorted((tmp_path / "models" / "artifacts" / "ml-100k").glob("*/metrics.json"))
+    assert len(runs) == 2 and len(parts) >= 4  # knowledge and vectors, user and item
+    before = {p: p.stat().st_mtime_ns for p in parts + runs}
+    second = run_all(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in parts + runs} == before  # nothing generated, encoded or trained again
+    again = out.read_text()
+    assert [line for line in again.splitlines() if line.startswith("| single-sample2 |")] == costs
+    assert "14 commands" in again

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
@@ -65,6 +69,36 @@ def test_reflect_reuses_the_reason_prefix_and_always_gives_a_verdict(server):
     reasonable, feedback = parse_judgement(reflect.text)
     assert reasonable is not None and feedback  # the grammar holds the reply to a verdict and a reflection
 
+
+STARTS_A_SERVER = """
+import sys, time
+from pathlib import Path
+from r4ec.knowledge.llamacpp import LlamaServer
+server = LlamaServer(Path(sys.argv[1]), Path(sys.argv[2]), slots=1, context_per_slot=512).start()
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie is stopped; only its parent (here, init) can still reap it
+
+
+def test_a_killed_job_leaves_no_server_behind(server, tmp_path):
+    job = subprocess.Popen([sys.executable, "-c", STARTS_A_SERVER, str(server.model), str(tmp_path / "orphan.log")],
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    pid = int(job.stdout.readline())
+    assert _running(pid)
+    job.kill()  # SIGKILL: no finally block, no context manager exit runs
+    job.wait()
+    deadline = time.monotonic() + 15
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid)
 
 def test_a_model_file_the_server_cannot_load_is_one_clear_error(tmp_path):
     broken = tmp_path / "broken.gguf"

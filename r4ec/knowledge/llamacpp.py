@@ -8,9 +8,11 @@ a fast path on this CPU, or any local GGUF (the Qwen2.5-Coder models of `local_m
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +68,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child may not import or load anything
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Runs in the server's process between fork and exec: SIGTERM it when the thread that started it ends (the
+    driver's main thread, where `serving_engines` runs)."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LlamaServer:
     """One `llama-server` process on a free loopback port, from `start()` to `stop()` (or a `with` block).
 
@@ -103,7 +124,8 @@ class LlamaServer:
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_stop_with_parent if _PRCTL else None)  # fmt: skip
         log.info("llama-server: %s on port %d, %d slots (log: %s)", self.model.name, self.port, self.slots, self.log_path)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
@@ -119,6 +141,8 @@ class LlamaServer:
         raise BackendError(f"llama-server was not ready after {self.ready_timeout_s:.0f}s: {self._tail()}")
 
     def stop(self) -> None:
+        """Stop the server; if the process that started it dies without getting here (killed, even with SIGKILL),
+        Linux stops the server anyway (`_stop_with_parent`): a killed job must not leave an engine on the cores."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -78,26 +78,35 @@ def plan(study: Study, settings: Settings) -> Plan:
 
 
 def run(study: Study, settings: Settings) -> int:
-    """Run the study's commands in order, journalled, stopping at the first that fails; then write the page."""
+    """Run the study's commands in order, journalled, stopping at the first that fails. The page is rewritten after
+    every command, so a study stopped anywhere (or still running) has one that says how far it got."""
     the_plan, journal = plan(study, settings), settings.reports_dir / JOURNAL
     journal.parent.mkdir(parents=True, exist_ok=True)
-    failed = None
     for number, arguments in enumerate(the_plan.commands, start=1):
         print(f"run_all: step {number}/{len(the_plan.commands)}: r4ec {shlex.join(arguments)}", flush=True)
         entry = _run_command(arguments)
         with journal.open("a") as out:
             out.write(json.dumps(entry) + "\n")
         if entry["exit"] != 0:
-            failed = entry
-            break
-    page = results_page(study, settings, the_plan, read_journal(journal), failed)
+            status = f"**Stopped**: `{entry['command']}` exited with {entry['exit']}; what follows is what was done before it."
+        elif number < len(the_plan.commands):
+            status = f"**In progress**: {number} of {len(the_plan.commands)} commands done; run it again to continue."
+        else:
+            status = ""
+        write_page(study, settings, the_plan, read_journal(journal), status)
+        if entry["exit"] != 0:
+            print(f"run_all: stopped at {entry['command']}; results at {study.out}")
+            return entry["exit"]
+    print(f"run_all: done; results at {study.out}")
+    return 0
+
+
+def write_page(study: Study, settings: Settings, the_plan: Plan, journal: list[dict], status: str) -> None:
     study.out.parent.mkdir(parents=True, exist_ok=True)
-    study.out.write_text(page)
+    study.out.write_text(results_page(study, settings, the_plan, journal, status))
     table_png = settings.reports_dir / "table2.png"
     if table_png.is_file():
         shutil.copyfile(table_png, study.out.parent / "table2.png")
-    print(f"run_all: {'stopped at ' + failed['command'] if failed else 'done'}; results at {study.out}")
-    return failed["exit"] if failed else 0
 
 
 def _run_command(arguments: list[str]) -> dict:
@@ -138,7 +147,7 @@ def _read(path: str) -> str:
         return ""
 
 
-def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list[dict], failed: dict | None) -> str:
+def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list[dict], status: str = "") -> str:
     invocation = shlex.join(["benchmarks/run_all.py", *sys.argv[1:]]) if sys.argv[0].endswith("run_all.py") else "run_all"
     lines = [
         f"# Results on {settings.dataset}",
@@ -147,9 +156,8 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
         "Run it again to continue or to reproduce: every command it ran is listed at the end, and each skips what is "
         "already done with the same inputs.",
     ]
-    if failed:
-        lines += ["", f"**Stopped**: `{failed['command']}` exited with {failed['exit']}; what follows is what was "
-                  "done before it."]  # fmt: skip
+    if status:
+        lines += ["", status]
     table = settings.reports_dir / "table2.md"
     if table.is_file():
         lines += ["", table.read_text().strip().replace("### ", "## ", 1), "", "![Table 2](table2.png)"]

@@ -76,6 +76,7 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     page = out.read_text()
     assert "| DCN | Base | 1 |" in page and "|  | single (KAR/R2ec), sample 2 [k1] | 1 |" in page
+    assert "In progress" not in page and "Stopped" not in page
     assert (out.parent / "table2.png").stat().st_size > 0
     costs = [line for line in page.splitlines() if line.startswith("| single-sample2 |")]
     assert [line.split(" | ")[1:3] for line in costs] == [["user", "2"], ["item", "2"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from r4ec import layout
 from r4ec.config import Settings
 from r4ec.console import FORMAT, quiet_terminal, terminal
 from r4ec.layout import RUN_NAMES, STRATEGIES
@@ -274,9 +275,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     from r4ec.ranking.report import write_report
 
     settings = _settings(args)
-    report = write_report(settings.artifacts_dir, args.output_dir or settings.reports_dir, settings.dataset)
+    report = write_report(settings.artifacts_dir, args.output_dir or settings.reports_dir, settings.dataset,
+                          layout.mart_path(settings, "ctr_samples"))  # fmt: skip
     print(report.markdown)
-    print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}")
+    tail = f"; the long tail in {report.long_tail_path}" if report.long_tail_path else ""
+    print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}{tail}")
     if report.below_floor:
         print(f"r4ec: warning: Base {', '.join(report.below_floor)} do not beat logistic regression", file=terminal())
 
@@ -610,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         cmd_report,
         "Table 2 of every finished run: test AUC and LogLoss per backbone x knowledge, mean ± std over seeds, "
-        "relative improvement over Base, logistic regression first; as Markdown and PNG.",
+        "relative improvement over Base, logistic regression first; as Markdown and PNG; and the same on the long "
+        "tail (the least-popular items and the users with the fewest samples that receive 20%% of the test samples).",
     )
     report.add_argument("--output-dir", type=Path, help="default: DATA_DIR/reports/DATASET")
 

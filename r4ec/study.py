@@ -158,9 +158,11 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
     ]
     if status:
         lines += ["", status]
-    table = settings.reports_dir / "table2.md"
+    table, tail = settings.reports_dir / "table2.md", settings.reports_dir / "long_tail.md"
     if table.is_file():
         lines += ["", table.read_text().strip().replace("### ", "## ", 1), "", "![Table 2](table2.png)"]
+    if tail.is_file():
+        lines += ["", tail.read_text().strip()]
     lines += ["", *knowledge_costs(settings, study)]
     for name, why in the_plan.skipped.items():
         lines.append(f"- `{name}`: not run: {why}.")

@@ -1,13 +1,20 @@
-"""Table 2's arithmetic on run folders written here: grouping, mean ± std, relative improvement, the LR floor."""
+"""Table 2's arithmetic on run folders written here: grouping, mean ± std, relative improvement, the LR floor; the
+long tail and Table 2 on it from saved test predictions."""
 
 from __future__ import annotations
 
 import json
+import random
 import statistics
+from collections import Counter
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from r4ec.ranking.report import below_floor, collect, markdown
+from r4ec.ranking.report import below_floor, collect, markdown, write_report
+from r4ec.ranking.slices import long_tails, slice_metrics, tail
 
 
 def write_run(root, backbone: str, knowledge: str, seed: int, auc: float, logloss: float, connector: str = "mlp"):
@@ -48,3 +55,50 @@ def test_a_base_backbone_at_or_under_logistic_regression_is_flagged(tmp_path):
     write_run(tmp_path, "din", "none", 1, 0.78, 0.55)
     write_run(tmp_path, "dien", "single", 1, 0.60, 0.65)  # knowledge rows are not held to the floor
     assert below_floor(collect(tmp_path)) == ["dcn"]
+
+
+def test_the_long_tail_is_the_least_popular_entities_that_receive_the_share_of_test_samples():
+    train = Counter({"a": 1, "b": 2, "c": 5, "d": 10, "e": 2})
+    test = Counter({"a": 2, "b": 3, "c": 5, "d": 10})  # e has no test sample: not part of any slice
+    assert tail(train, test, 0.2) == {"a", "b"}  # 2 + 3 test samples reach 4 of 20
+    assert tail(train, test, 0.1) == {"a"}
+    assert tail(Counter({"x": 1, "y": 1}), Counter({"y": 1, "x": 1}), 0.5) == {"x"}  # ties by id
+
+
+def write_predictions(run, users: list[str], items: list[str], labels: list[int], scores: list[float]) -> None:
+    table = pa.table({"sample_id": [str(n) for n in range(len(labels))], "user_id": users, "item_id": items,
+                      "label": labels, "score": scores})  # fmt: skip
+    pq.write_table(table, run / "predictions.parquet")
+
+
+def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
+    marts, artifacts = tmp_path / "marts", tmp_path / "artifacts"
+    marts.mkdir(), artifacts.mkdir()
+    # items i1 (1 training sample), i2 (3), i3 (9); 8 test samples each for i1 and i2, 24 for i3: i1 is the 20 % tail
+    samples = {"user_id": [], "item_id": [], "split": []}
+    for item, train, test in (("i1", 1, 8), ("i2", 3, 8), ("i3", 9, 24)):
+        for n in range(train + test):
+            k = len(samples["split"])  # a user's samples come in pairs, so each user's test labels hold both classes
+            samples["user_id"].append(f"u{k // 2 % 4}"), samples["item_id"].append(item)
+            samples["split"].append("train" if n < train else "test")
+    pq.write_table(pa.table(samples), marts / "ctr_samples.parquet")
+    rng = random.Random(0)
+    tests = [(u, i) for u, i, s in zip(samples["user_id"], samples["item_id"], samples["split"]) if s == "test"]
+    labels = [n % 2 for n in range(len(tests))]
+    for seed in (1, 2):
+        scores = [rng.random() for _ in tests]
+        write_run(artifacts, "din", "none", seed, 0.7, 0.6)
+        write_predictions(artifacts / f"din-none-mlp-seed{seed}", [u for u, _ in tests], [i for _, i in tests], labels, scores)
+        if seed == 1:
+            inside = [n for n, (_, i) in enumerate(tests) if i == "i1"]
+            expected = roc_auc_score([labels[n] for n in inside], [scores[n] for n in inside])
+    write_run(artifacts, "lr", "none", 1, 0.7, 0.6)  # trained before predictions were saved
+
+    report = write_report(artifacts, tmp_path / "out", "toy", marts / "ctr_samples.parquet")
+    text = report.long_tail_path.read_text()
+    assert "long-tail items: the 1 items with the fewest training-period samples that together receive 20% of the test samples (8)" in text
+    assert "2 of 3 finished runs (runs that saved no test predictions are left out)" in text
+    items_table = text.split("### ")[1]
+    din = next(r for r in collect(artifacts, lambda d: slice_metrics(d, long_tails(marts / "ctr_samples.parquet")[0])))
+    assert din.seeds == [1, 2] and din.auc[0] == pytest.approx(expected)
+    assert f"| DIN | Base | 2 | {din.spread('auc')} |" in items_table and "| LR |" not in items_table

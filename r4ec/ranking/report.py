@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +51,16 @@ class Row:
         return f"{mean} ± {self.std(metric):.4f}" if len(self.seeds) > 1 else mean
 
 
-def collect(artifacts: Path) -> list[Row]:
-    """Every finished run under `artifacts`, grouped by backbone, knowledge and connector, in the table's order."""
+def collect(artifacts: Path, test_metrics: Callable[[Path], dict | None] | None = None) -> list[Row]:
+    """Every finished run under `artifacts`, grouped by backbone, knowledge and connector, in the table's order.
+    `test_metrics(run_dir)` gives a run's figures (default: its saved test metrics); a run it gives None for is left
+    out."""
     rows: dict[tuple, Row] = {}
     for metrics_file in sorted(artifacts.glob("*/metrics.json")):
         config = json.loads((metrics_file.parent / "config.json").read_text())
-        test = json.loads(metrics_file.read_text())["test"]
+        test = test_metrics(metrics_file.parent) if test_metrics else json.loads(metrics_file.read_text())["test"]
+        if test is None:
+            continue
         connector = "mlp" if config["backbone"] == "lr" else config["connector"]
         limit = config.get("knowledge_limit") if config["knowledge"] != "none" else None
         run = config.get("knowledge_run")
@@ -170,6 +175,21 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def long_tail(artifacts: Path, ctr_samples: Path, dataset: str) -> str:
+    """Table 2 on the long-tail items and on the long-tail users (r4ec/ranking/slices.py), from the runs' saved test
+    predictions; runs trained before predictions were saved are left out, and the text says how many."""
+    from r4ec.ranking.slices import long_tails, slice_metrics
+
+    finished = len(list(artifacts.glob("*/metrics.json")))
+    parts = []
+    for chosen in long_tails(ctr_samples):
+        rows = collect(artifacts, lambda run_dir, chosen=chosen: slice_metrics(run_dir, chosen))
+        counted = sum(len(r.seeds) for r in rows)
+        note = f"{chosen.describe()}. {counted} of {finished} finished runs (runs that saved no test predictions are left out)."
+        parts.append(markdown(rows, f"Table 2 on {dataset}, {chosen.name}") + "\n\n" + note)
+    return "\n\n".join(parts)
+
+
 @dataclass
 class Report:
     markdown: str
@@ -177,9 +197,12 @@ class Report:
     plot_path: Path
     below_floor: list[str]
     runs: int
+    long_tail_path: Path | None = None
 
 
-def write_report(artifacts: Path, out_dir: Path, dataset: str) -> Report:
+def write_report(artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path | None = None) -> Report:
+    """Table 2 (table2.md, table2.png) and, given the CTR samples that define it, Table 2 on the long tail
+    (long_tail.md)."""
     rows = collect(artifacts)
     if not rows:
         raise RankingError(f"no finished runs under {artifacts}; train some with `r4ec train` first")
@@ -189,4 +212,8 @@ def write_report(artifacts: Path, out_dir: Path, dataset: str) -> Report:
     markdown_path, plot_path = out_dir / "table2.md", out_dir / "table2.png"
     markdown_path.write_text(text + "\n")
     plot(rows, plot_path, f"{dataset}: test AUC, mean ± std over seeds")
-    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows))
+    tail_path = None
+    if ctr_samples is not None and ctr_samples.is_file():
+        tail_path = out_dir / "long_tail.md"
+        tail_path.write_text(long_tail(artifacts, ctr_samples, dataset) + "\n")
+    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path)

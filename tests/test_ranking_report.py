@@ -43,9 +43,13 @@ def test_rows_are_grouped_ordered_and_compared_with_their_own_base(tmp_path):
     assert single.mean("auc") == pytest.approx(0.81)
     assert single.spread("auc") == f"0.8100 ± {statistics.stdev([0.80, 0.82]):.4f}"
     table = markdown(rows, "t").splitlines()
-    assert table[4] == "| LR | Base | 1 | 0.7500 |  | 0.5600 |  |"
+    assert table[4] == "| LR | Base | 1 | 0.7500 |  | 0.5600 |  |  |"
     gain_auc, gain_ll = (0.81 - 0.77) / 0.77, (0.54 - 0.49) / 0.54
-    assert table[6] == f"|  | single (KAR/R2ec) | 2 | {single.spread('auc')} | {gain_auc:+.2%} | {single.spread('logloss')} | {gain_ll:+.2%} |"
+    # per-seed gaps 0.02 and 0.06: mean 0.04 over their spread 0.028 is 1.4 of it, under the 2 that would count
+    ratio = statistics.fmean([0.02, 0.06]) / statistics.stdev([0.02, 0.06])
+    assert table[6] == (f"|  | single (KAR/R2ec) | 2 | {single.spread('auc')} | {gain_auc:+.2%} | {single.spread('logloss')} | "
+                        f"{gain_ll:+.2%} | {ratio:+.1f}σ |")
+    assert table[7].endswith("|  |")  # one seed: no spread to measure a gap against
     assert below_floor(rows) == []
 
 

@@ -81,6 +81,19 @@ def base_of(rows: list[Row], row: Row) -> Row | None:
     return next((r for r in rows if r.backbone == row.backbone and r.knowledge == "none"), None)
 
 
+def gap_ratio(row: Row, base: Row) -> str:
+    """`+3.1σ`: the mean per-seed AUC gap to Base over its sample standard deviation (the seeds both rows have)."""
+    base_auc = dict(zip(base.seeds, base.auc))
+    gaps = [auc - base_auc[seed] for seed, auc in zip(row.seeds, row.auc) if seed in base_auc]
+    if len(gaps) < 2:
+        return ""
+    spread = statistics.stdev(gaps)
+    mean = statistics.fmean(gaps)
+    if spread == 0:
+        return "" if mean == 0 else ("+inf σ" if mean > 0 else "-inf σ")
+    return f"{mean / spread:+.1f}σ"
+
+
 def below_floor(rows: list[Row]) -> list[str]:
     """Backbones whose Base mean test AUC does not beat logistic regression's: a bug to find, not a result."""
     floor = next((r for r in rows if r.backbone == "lr" and r.knowledge == "none"), None)
@@ -105,23 +118,26 @@ def markdown(rows: list[Row], title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| Backbone | Knowledge | Seeds | AUC ↑ | Rel. impr. | LogLoss ↓ | Rel. impr. |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| Backbone | Knowledge | Seeds | AUC ↑ | Rel. impr. | LogLoss ↓ | Rel. impr. | AUC gap / seed spread |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     previous = None
     for row in rows:
         base = base_of(rows, row)
-        auc_gain = ll_gain = ""
+        auc_gain = ll_gain = ratio = ""
         if base is not None and row is not base:
             auc_gain = f"{(row.mean('auc') - base.mean('auc')) / base.mean('auc'):+.2%}"
             ll_gain = f"{(base.mean('logloss') - row.mean('logloss')) / base.mean('logloss'):+.2%}"
+            ratio = gap_ratio(row, base)
         name = NAMES.get(row.backbone, row.backbone) if row.backbone != previous else ""
         previous = row.backbone
         mark = f" [{runs[row.knowledge_run['digest']][0]}]" if row.knowledge_run else ""
         lines.append(f"| {name} | {row.label}{mark} | {len(row.seeds)} | {row.spread('auc')} | {auc_gain} | "
-                     f"{row.spread('logloss')} | {ll_gain} |")  # fmt: skip
+                     f"{row.spread('logloss')} | {ll_gain} | {ratio} |")  # fmt: skip
     lines += ["", "Test split; mean ± sample standard deviation over seeds. Rel. impr. against the same backbone's "
-              "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base."]  # fmt: skip
+              "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base. AUC gap / seed spread: "
+              "the mean AUC gap to Base over the sample standard deviation of the per-seed gaps (seeds both rows "
+              "have); beyond ±2 the gap exceeds twice its seed spread; empty with fewer than two shared seeds."]  # fmt: skip
     if runs:
         lines += ["", "Knowledge runs (strategy and sample · model · prompts · content hash):", ""]
         lines += [f"- [{mark}] {label(about)}{coverage(about)}" for mark, about in runs.values()]

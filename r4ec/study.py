@@ -175,9 +175,10 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
     lines = [
         "## Knowledge runs: what they hold and what they cost",
         "",
-        "| run | entity | entities | parsed | fallback | LLM calls | prompt tokens (computed) | generated tokens | "
-        "replies cut | seconds | generated tokens/s | per 1,000 entities: calls, generated tokens, seconds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | entity | entities | parsed | fallback | first reflection: reasonable / judged / no verdict | LLM calls | "
+        "prompt tokens (computed) | generated tokens | replies cut | seconds | generated tokens/s | "
+        "per 1,000 entities: calls, generated tokens, seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in study.knowledge:
         run = layout.KnowledgeRun.named(name, study.limit)
@@ -188,9 +189,10 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
                 continue
             n, per = s["entities"], 1000 / s["entities"]
             rate = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else ""
+            verdicts = " / ".join(f"{v:,}" for v in s["reasonable_per_round"][0]) if s["reasonable_per_round"] else ""
             lines.append(
                 f"| {run.folder} | {entity} | {n:,} | {s['quality'].get('parsed', 0):,} | {s['quality'].get('fallback', 0):,} | "
-                f"{s['llm_calls']:,} | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | {s['generated_tokens']:,} | "
+                f"{verdicts} | {s['llm_calls']:,} | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | {s['generated_tokens']:,} | "
                 f"{s['replies_cut']:,} | {s['generation_seconds']:,.0f} | {rate} | {s['llm_calls'] * per:,.0f}, "
                 f"{s['generated_tokens'] * per:,.0f}, {s['generation_seconds'] * per:,.0f} |"
             )  # fmt: skip

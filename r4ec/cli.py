@@ -330,7 +330,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         strategy = settings.knowledge.strategy
         configs = train_configs(settings, ["lr", "din"], ["none", strategy] if service in registered else ["none"])
         run_experiments(settings, configs)
-        report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset)
+        report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset,
+                              layout.mart_path(settings, "ctr_samples"))  # fmt: skip
         aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)
         return f"ranking: test AUC {aucs}; Table 2 of all {report.runs} finished runs at {report.markdown_path}"
 

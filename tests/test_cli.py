@@ -72,6 +72,8 @@ def test_demo_runs_the_stages_and_says_where_things_are(tmp_path, downloads, tin
         ["| LR", "Base", "1"], ["| DIN", "Base", "1"], ["| ", "iterative (R4ec), sample 3 [k1]", "1"]
     ]
     assert "- [k1] iterative-sample3 · tiny-llama" in table.read_text()
+    tail = (table.parent / "long_tail.md").read_text()  # from the runs' saved predictions
+    assert "| DIN | Base | 1 |" in tail and "long-tail users: the " in tail and "3 of 3 finished runs" in tail
     # the full run's command after the demo: the sample is never taken for it
     full = ["train", "--data-dir", str(tmp_path), "--knowledge", "iterative", "--seeds", "1", "--epochs", "1"]
     assert main(full) == 2

@@ -100,7 +100,8 @@ def evaluate(params: dict, runs: list[str]) -> dict:
         log.info("%s: valid AUC %.4f, test AUC %.4f, test LogLoss %.4f", run, m["valid"]["auc"], m["test"]["auc"],
                  m["test"]["logloss"])  # fmt: skip
     best = max(runs, key=lambda run: metrics[run]["valid"]["auc"])
-    report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset)
+    report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset,
+                          layout.mart_path(settings, "ctr_samples"))  # fmt: skip
     log.info("best by valid AUC: %s; Table 2 of %d runs at %s", best, report.runs, report.markdown_path)
     return {"best": best, "valid_auc": metrics[best]["valid"]["auc"], "test_auc": metrics[best]["test"]["auc"]}
 

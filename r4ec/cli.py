@@ -11,7 +11,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from r4ec import layout
 from r4ec.config import Settings
 from r4ec.console import FORMAT, quiet_terminal, terminal
 from r4ec.layout import RUN_NAMES, STRATEGIES
@@ -272,11 +271,9 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from r4ec.ranking.report import write_report
+    from r4ec.ranking.report import write_dataset_report
 
-    settings = _settings(args)
-    report = write_report(settings.artifacts_dir, args.output_dir or settings.reports_dir, settings.dataset,
-                          layout.mart_path(settings, "ctr_samples"))  # fmt: skip
+    report = write_dataset_report(_settings(args), args.output_dir)
     print(report.markdown)
     tail = f"; the long tail in {report.long_tail_path}" if report.long_tail_path else ""
     print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}{tail}")
@@ -324,14 +321,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         import torch
 
         from r4ec.ranking.experiment import run_experiments, train_configs
-        from r4ec.ranking.report import write_report
+        from r4ec.ranking.report import write_dataset_report
 
         torch.set_num_threads(1)
         strategy = settings.knowledge.strategy
         configs = train_configs(settings, ["lr", "din"], ["none", strategy] if service in registered else ["none"])
         run_experiments(settings, configs)
-        report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset,
-                              layout.mart_path(settings, "ctr_samples"))  # fmt: skip
+        report = write_dataset_report(settings)
         aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)
         return f"ranking: test AUC {aucs}; Table 2 of all {report.runs} finished runs at {report.markdown_path}"
 

@@ -150,6 +150,11 @@ def adapter_dir(settings: Settings, role: str) -> Path:
     return settings.tuning_dir / "adapters" / role
 
 
+def trained_adapter(settings: Settings, role: str) -> Path:
+    """The peft adapter `r4ec tuning train --role ROLE` writes (inside `adapter_dir`)."""
+    return adapter_dir(settings, role) / "adapter"
+
+
 def evaluation_dir(settings: Settings, entity: str) -> Path:
     """The held-out comparison of the base and the tuned pair on one entity's samples: evaluation.json,
     evaluation.md, outcomes.jsonl."""

@@ -181,6 +181,11 @@ def encoder_identity(name: str) -> str:
     return f"{Path(name).name}@{fingerprint.of_folder(encoder_path(name))}"
 
 
+def is_adapter(path: Path) -> bool:
+    """A peft adapter folder (what `--actor-adapter` / `--reflector-adapter` take)."""
+    return (path / "adapter_config.json").is_file()
+
+
 def adapter_identity(path: Path) -> str:
     if not path.is_dir():
         raise ModelFilesError(f"adapter {path}: no such folder")

@@ -26,6 +26,7 @@ from r4ec import layout
 from r4ec.config import Settings
 from r4ec.knowledge.job import KnowledgeError
 from r4ec.knowledge.report import read_knowledge, summarize
+from r4ec.local_models import is_adapter
 
 DEFAULT_KNOWLEDGE = ("iterative", "iterative-tuned", "single")  # cheapest-first would starve the rows that matter
 JOURNAL = "study-journal.jsonl"
@@ -65,8 +66,8 @@ def plan(study: Study, settings: Settings) -> Plan:
         run = layout.KnowledgeRun.named(name)
         options = ["--strategy", run.strategy, *sample, *common]
         if run.tuned:
-            adapters = [layout.adapter_dir(settings, role) / "adapter" for role in ("actor", "reflector")]
-            missing = [a for a in adapters if not (a / "adapter_config.json").is_file()]
+            adapters = [layout.trained_adapter(settings, role) for role in ("actor", "reflector")]
+            missing = [a for a in adapters if not is_adapter(a)]
             if missing:
                 skipped[name] = f"no adapter at {missing[0]} (`r4ec tuning build-data`, then `r4ec tuning train`)"
                 continue

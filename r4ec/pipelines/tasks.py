@@ -92,7 +92,7 @@ def train(params: dict) -> list[str]:
 
 def evaluate(params: dict, runs: list[str]) -> dict:
     """Validation and test metrics of the runs, and the best by validation AUC (test is reported, never chosen by)."""
-    from r4ec.ranking.report import write_report
+    from r4ec.ranking.report import write_dataset_report
 
     settings = settings_of(params)
     metrics = {run: json.loads((settings.artifacts_dir / run / "metrics.json").read_text()) for run in runs}
@@ -100,8 +100,7 @@ def evaluate(params: dict, runs: list[str]) -> dict:
         log.info("%s: valid AUC %.4f, test AUC %.4f, test LogLoss %.4f", run, m["valid"]["auc"], m["test"]["auc"],
                  m["test"]["logloss"])  # fmt: skip
     best = max(runs, key=lambda run: metrics[run]["valid"]["auc"])
-    report = write_report(settings.artifacts_dir, settings.reports_dir, settings.dataset,
-                          layout.mart_path(settings, "ctr_samples"))  # fmt: skip
+    report = write_dataset_report(settings)
     log.info("best by valid AUC: %s; Table 2 of %d runs at %s", best, report.runs, report.markdown_path)
     return {"best": best, "valid_auc": metrics[best]["valid"]["auc"], "test_auc": metrics[best]["test"]["auc"]}
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from r4ec import layout
+from r4ec.config import Settings
 from r4ec.layout import TUNED
 from r4ec.ranking import RankingError
 from r4ec.ranking.train import BACKBONES, KNOWLEDGE
@@ -233,3 +235,9 @@ def write_report(artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path
         tail_path = out_dir / "long_tail.md"
         tail_path.write_text(long_tail(artifacts, ctr_samples, dataset) + "\n")
     return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path)
+
+
+def write_dataset_report(settings: Settings, out_dir: Path | None = None) -> Report:
+    """`write_report` for the settings' dataset: its runs, its reports folder (or `out_dir`), its long tail."""
+    return write_report(settings.artifacts_dir, out_dir or settings.reports_dir, settings.dataset,
+                        layout.mart_path(settings, "ctr_samples"))  # fmt: skip

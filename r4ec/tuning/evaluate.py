@@ -29,7 +29,7 @@ from r4ec.config import Settings
 from r4ec.knowledge.job import KnowledgeError, pipelines, serving_engines, worker_backend
 from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
-from r4ec.local_models import adapter_identity
+from r4ec.local_models import adapter_identity, is_adapter
 from r4ec.tuning.construction import Construction, Sample, construct
 from r4ec.tuning.job import teacher_config
 from r4ec.tuning.samples import held_out_samples
@@ -136,10 +136,10 @@ def _number(value: float | None, spec: str = ".3f") -> str:
 def trained_adapters(settings: Settings) -> Settings:
     """The settings with the adapters `r4ec tuning train` wrote, where none are named."""
     k = settings.knowledge
-    chosen = {f"{role}_adapter": getattr(k, f"{role}_adapter") or layout.adapter_dir(settings, role) / "adapter"
+    chosen = {f"{role}_adapter": getattr(k, f"{role}_adapter") or layout.trained_adapter(settings, role)
               for role in ("actor", "reflector")}  # fmt: skip
     for path in chosen.values():
-        if not (path / "adapter_config.json").is_file():
+        if not is_adapter(path):
             raise KnowledgeError(f"{path}: no adapter there: train it (`r4ec tuning train --role ...`) or name one")
     return settings.model_copy(update={"knowledge": k.model_copy(update=chosen)})
 

@@ -365,7 +365,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
 def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("knowledge (override R4EC_KNOWLEDGE__* and the [knowledge] table of r4ec.toml)")
     group.add_argument("--entity", choices=["user", "item", "both"], default="both", help="default: both")
-    group.add_argument("--strategy", choices=STRATEGIES, help="default: iterative")
+    group.add_argument("--strategy", choices=STRATEGIES, help="default: iterative; text: no LLM, the prompt facts (the control)")
     group.add_argument("--rounds", type=int, help="reflect/refine rounds of the iterative strategy (default: 1)")
     group.add_argument("--samples", type=int, help="k answers of the filter strategy (default: 3)")
     group.add_argument("--limit", type=int, help="a seeded sample of this many entities (default: all)")

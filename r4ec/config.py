@@ -59,7 +59,9 @@ class KnowledgeSettings(BaseModel):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="transformers backend: where the model runs.")
     actor_adapter: Path | None = Field(None, description="LoRA adapter folder of the actor (peft).")
     reflector_adapter: Path | None = Field(None, description="LoRA adapter folder of the reflector (peft).")
-    strategy: Literal["single", "iterative", "filter"] = "iterative"
+    strategy: Literal["text", "single", "iterative", "filter"] = Field(
+        "iterative", description="text: no LLM, the prompt's facts encoded as they are (the control for what an LLM adds)."
+    )
     rounds: int = Field(1, ge=1, description="Reflect/refine rounds of the iterative strategy (paper: 1).")
     samples: int = Field(3, ge=1, description="k actor answers of the filter strategy.")
     sampling_temperature: float = Field(0.8, gt=0)
@@ -82,6 +84,12 @@ class KnowledgeSettings(BaseModel):
     openai_concurrency: int = Field(4, ge=1)
     openai_timeout_s: float = Field(120.0, gt=0)
     openai_max_retries: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _text_asks_no_model(self) -> KnowledgeSettings:
+        if self.strategy == "text" and (self.actor_adapter or self.reflector_adapter or self.reflector_model):
+            raise ValueError("the text strategy asks no LLM: drop the adapters and the reflector model")
+        return self
 
 
 class TuningSettings(BaseModel):

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,17 @@ class TextEncoder:
             self.encoded += len(missing)
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, self.dimension), np.float32)
 
+    def windows(self, text: str) -> list[str]:
+        """The text in line-aligned pieces that each fit the encoder's window, so that none of it goes unread (the
+        text strategy's facts run to ~500 tokens for an item; MiniLM reads 256)."""
+        limit = self.model.max_seq_length - 2  # the tokenizer's [CLS] and [SEP]
+        pieces: list[list[str]] = [[]]
+        for line in text.splitlines():
+            if pieces[-1] and len(self.model.tokenizer.tokenize("\n".join([*pieces[-1], line]))) > limit:
+                pieces.append([])
+            pieces[-1].append(line)
+        return ["\n".join(piece) for piece in pieces]
+
     def encode_groups(self, groups: list[list[str]]) -> np.ndarray:
         """One vector per group: the mean of its texts' vectors (the filter strategy's kept answers)."""
         flat = [text for group in groups for text in group]
@@ -107,14 +119,17 @@ def vectors_schema(entity: str) -> pa.Schema:
             pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
             pa.field("vector", pa.list_(pa.float32()), nullable=False),
             pa.field("quality", pa.string()),  # the knowledge row's: parsed | fallback
-            pa.field("texts", pa.int32()),  # texts averaged into the vector (the filter strategy keeps k)
+            pa.field("texts", pa.int32()),  # texts averaged into the vector (filter: the kept; text: the windows)
             pa.field("encoder", pa.string()),  # name@sha256 of the encoder's files
         ]
     )
 
 
-def texts_of(row: dict) -> list[str]:
-    """What is encoded for a knowledge row: filter's kept answers (all k when it kept none), else the knowledge."""
+def texts_of(row: dict, windows: Callable[[str], list[str]]) -> list[str]:
+    """What is encoded for a knowledge row: filter's kept answers (all k when it kept none), the text strategy's facts
+    in `windows` the encoder reads whole, else the knowledge."""
+    if row["strategy"] == "text":
+        return windows(row["knowledge"])
     if row["kept_answers"]:
         return list(row["kept_answers"])
     if row["strategy"] == "filter":
@@ -138,7 +153,7 @@ def encode_part(spec: dict) -> dict:
     entity = spec["entity"]
     rows = pq.read_table(spec["source"]).to_pylist()
     before = encoder.encoded
-    groups = [texts_of(r) for r in rows]
+    groups = [texts_of(r, encoder.windows) for r in rows]
     vectors = encoder.encode_groups(groups)
     table = pa.Table.from_pylist(
         [

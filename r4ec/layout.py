@@ -34,7 +34,8 @@ MANIFEST = "_manifest.json"  # what a knowledge folder was built from
 COMPLETE = "_COMPLETE.json"  # written last by the encode step: every knowledge part has its vectors, nothing else
 TUNED = "-tuned"  # the run's actor or reflector had a LoRA adapter (which ones, by hash: the run's manifest)
 STRATEGIES: tuple[str, ...] = get_args(KnowledgeSettings.model_fields["strategy"].annotation)  # the config's one list
-RUN_NAMES = (*STRATEGIES, *(s + TUNED for s in STRATEGIES))  # what a training configuration's knowledge may name
+NO_LLM = "text"  # the strategy that asks no model, so has nothing to tune
+RUN_NAMES = (*STRATEGIES, *(s + TUNED for s in STRATEGIES if s != NO_LLM))  # what a training configuration may name
 _RUN = re.compile(r"^(?P<strategy>[a-z]+)(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
 
 

@@ -28,7 +28,8 @@ from r4ec.knowledge.job import KnowledgeError
 from r4ec.knowledge.report import read_knowledge, summarize
 from r4ec.local_models import is_adapter
 
-DEFAULT_KNOWLEDGE = ("iterative", "iterative-tuned", "single")  # cheapest-first would starve the rows that matter
+# cheapest-first would starve the rows that matter; text (no LLM, minutes) right after the paper's run, as its control
+DEFAULT_KNOWLEDGE = ("iterative", "text", "iterative-tuned", "single")
 JOURNAL = "study-journal.jsonl"
 
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from r4ec.config import Settings
-from r4ec.layout import KnowledgeRun, knowledge_dir
+from r4ec.layout import RUN_NAMES, KnowledgeRun, knowledge_dir
 
 
 def test_defaults_are_the_papers_protocol():
@@ -54,3 +54,11 @@ def test_a_run_with_adapters_has_its_own_folder_and_service(tmp_path):
 def test_bad_settings_are_rejected(bad):
     with pytest.raises(ValidationError):
         Settings(**bad)
+
+
+@pytest.mark.parametrize("llm", [{"actor_adapter": "a"}, {"reflector_adapter": "r"}, {"reflector_model": "m"}])
+def test_the_text_strategy_names_no_model_to_tune(llm):
+    """The control without an LLM: a model or adapter given with it would be recorded as what made the knowledge."""
+    with pytest.raises(ValidationError, match="the text strategy asks no LLM"):
+        Settings(knowledge={"strategy": "text", **llm})
+    assert "text" in RUN_NAMES and "text-tuned" not in RUN_NAMES and "iterative-tuned" in RUN_NAMES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,7 +15,8 @@ from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.encoding import EncoderError, TextEncoder, VectorCache, encode_knowledge, texts_of
-from r4ec.knowledge.job import KnowledgeError, generate_knowledge
+from r4ec.knowledge import prompts
+from r4ec.knowledge.job import LLM_ENTRIES, KnowledgeError, generate_knowledge, manifest
 from r4ec.layout import knowledge_dir as output_dir
 from tests.test_knowledge_job import read, settings_for
 
@@ -60,10 +62,41 @@ def test_filter_vectors_average_the_kept_answers(ml1m, tiny_model, tmp_path):
     encoder = TextEncoder("all-MiniLM-L6-v2", tmp_path / "fresh.sqlite")
     by_id = {r["item_id"]: r for r in vectors(done.target)}
     for row in read(settings, "item"):
-        expected = encoder.encode(texts_of(row)).mean(axis=0)
-        assert by_id[row["item_id"]]["texts"] == len(texts_of(row)) == 2  # nothing kept: all k stand in, flagged
+        expected = encoder.encode(texts_of(row, encoder.windows)).mean(axis=0)
+        assert by_id[row["item_id"]]["texts"] == len(texts_of(row, encoder.windows)) == 2  # nothing kept: all k stand in
         assert by_id[row["item_id"]]["quality"] == row["quality"] == "fallback"
         np.testing.assert_allclose(by_id[row["item_id"]]["vector"], expected, atol=1e-5)
+
+
+def test_the_text_strategy_asks_no_llm_and_the_encoder_reads_all_of_its_facts(ml1m, tiny_model, tmp_path):
+    model = tmp_path / "no-such-model"  # never loaded: a model the text strategy asked would fail here
+    settings = settings_for(ml1m, tmp_path, model, strategy="text", limit=4, partition_size=2)
+    summary = generate_knowledge(settings, "item")
+    assert (summary.entities, summary.llm_calls) == (4, 0)
+    written = json.loads((output_dir(settings, "item") / layout.MANIFEST).read_text())
+    assert written["strategy"] == "text" and all(written[entry] is None for entry in LLM_ENTRIES)
+    with_llm = manifest(settings_for(ml1m, tmp_path, tiny_model, strategy="single"), "item", "inputs", 1)
+    assert written.keys() == with_llm.keys() and with_llm["model"].startswith("tiny-llama")
+    inputs = {r["item_id"]: r for r in pq.read_table(settings.marts_dir / "item_prompt_inputs.parquet").to_pylist()}
+    rows = read(settings, "item")
+    for row in rows:
+        assert row["knowledge"] == prompts.facts("item", "movies", inputs[row["item_id"]])
+        assert row["model"] is None and row["quality"] == "parsed" and row["replies"] == []
+
+    done = encode_knowledge(settings, "item")
+    encoder = TextEncoder("all-MiniLM-L6-v2", tmp_path / "fresh.sqlite")
+    limit = encoder.model.max_seq_length - 2
+    by_id = {r["item_id"]: r for r in vectors(done.target)}
+    for row in rows:
+        windows = encoder.windows(row["knowledge"])
+        assert "\n".join(windows) == row["knowledge"]  # every line, once, in order
+        assert all(len(encoder.model.tokenizer.tokenize(w)) <= limit for w in windows)
+        assert by_id[row["item_id"]]["texts"] == len(windows)
+        np.testing.assert_allclose(by_id[row["item_id"]]["vector"], encoder.encode(windows).mean(axis=0), atol=1e-5)
+    long = "\n".join(f"{n}. Some Movie Title ({1900 + n}), genre Drama: {n % 5 + 1} stars" for n in range(60))
+    windows = encoder.windows(long)
+    assert len(windows) > 1 and "\n".join(windows) == long  # past one window: split at lines, nothing lost
+    assert all(len(encoder.model.tokenizer.tokenize(w)) <= limit for w in windows)
 
 
 def test_encoder_errors_are_clear(tmp_path):

@@ -102,6 +102,12 @@ def test_single_is_one_actor_pass(backend):
     assert (backend.calls, a.answers, a.judgements) == (0, ["likes light comedies"], [])
 
 
+def test_text_is_the_prompt_facts_with_no_one_asked():
+    a, b = run_loop(None, [A, B], config(strategy="text"))
+    assert a.knowledge == prompts.facts("user", "movies", A) and "Clueless (1995), genre Comedy: 5 stars" in a.knowledge
+    assert b.knowledge != a.knowledge and (a.quality, a.llm_calls, a.replies, a.judgements) == ("parsed", 0, [], [])
+
+
 def test_filter_keeps_the_answers_judged_reasonable(backend):
     cfg = config(strategy="filter", samples=3)
     assert cfg.reason_generation().temperature == 0.8  # the k answers are sampled

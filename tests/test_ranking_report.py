@@ -32,14 +32,15 @@ def test_rows_are_grouped_ordered_and_compared_with_their_own_base(tmp_path):
     write_run(tmp_path, "din", "none", 2, 0.76, 0.53)
     write_run(tmp_path, "din", "single", 1, 0.70, 0.60, connector="experts")
     write_run(tmp_path, "din", "iterative-tuned", 1, 0.79, 0.52)
+    write_run(tmp_path, "din", "text", 1, 0.77, 0.54)
     write_run(tmp_path, "lr", "none", 1, 0.75, 0.56)
     (tmp_path / "dcn-none-mlp-seed1").mkdir()  # unfinished: no metrics.json
     rows = collect(tmp_path)
     assert [(r.backbone, r.label, r.seeds) for r in rows] == [
-        ("lr", "Base", [1]), ("din", "Base", [1, 2]), ("din", "single (KAR/R2ec)", [1, 2]),
+        ("lr", "Base", [1]), ("din", "Base", [1, 2]), ("din", "text, no LLM", [1]), ("din", "single (KAR/R2ec)", [1, 2]),
         ("din", "single (KAR/R2ec), experts", [1]), ("din", "iterative (R4ec), tuned actor and reflector", [1]),
     ]  # fmt: skip
-    single = rows[2]
+    single = rows[3]
     assert single.mean("auc") == pytest.approx(0.81)
     assert single.spread("auc") == f"0.8100 ± {statistics.stdev([0.80, 0.82]):.4f}"
     table = markdown(rows, "t").splitlines()
@@ -47,9 +48,9 @@ def test_rows_are_grouped_ordered_and_compared_with_their_own_base(tmp_path):
     gain_auc, gain_ll = (0.81 - 0.77) / 0.77, (0.54 - 0.49) / 0.54
     # per-seed gaps 0.02 and 0.06: mean 0.04 over their spread 0.028 is 1.4 of it, under the 2 that would count
     ratio = statistics.fmean([0.02, 0.06]) / statistics.stdev([0.02, 0.06])
-    assert table[6] == (f"|  | single (KAR/R2ec) | 2 | {single.spread('auc')} | {gain_auc:+.2%} | {single.spread('logloss')} | "
+    assert table[7] == (f"|  | single (KAR/R2ec) | 2 | {single.spread('auc')} | {gain_auc:+.2%} | {single.spread('logloss')} | "
                         f"{gain_ll:+.2%} | {ratio:+.1f}σ |")
-    assert table[7].endswith("|  |")  # one seed: no spread to measure a gap against
+    assert table[8].endswith("|  |")  # one seed: no spread to measure a gap against
     assert below_floor(rows) == []
 
 
@@ -106,3 +107,13 @@ def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
     din = next(r for r in collect(artifacts, lambda d: slice_metrics(d, long_tails(marts / "ctr_samples.parquet")[0])))
     assert din.seeds == [1, 2] and din.auc[0] == pytest.approx(expected)
     assert f"| DIN | Base | 2 | {din.spread('auc')} |" in items_table and "| LR |" not in items_table
+
+
+def test_a_run_is_labelled_by_its_model_or_as_having_none():
+    from r4ec.knowledge.runs import label
+
+    model = "smollm2-135m-instruct@sha256:" + "1" * 64
+    about = {"name": "iterative", "digest": "f" * 64, "user": {"model": model, "prompt_version": "v3"}}
+    assert label(about) == f"iterative · smollm2-135m-instruct@{'1' * 12} · prompts v3 · {'f' * 12}"
+    text = {**about, "name": "text", "user": {"model": None, "prompt_version": "v3"}}
+    assert label(text).startswith("text · no LLM · prompts v3")

@@ -97,17 +97,31 @@ def manifest(settings: Settings, entity: str, inputs_digest: str, parts: int) ->
     dbt_vars = settings.dbt_vars()
     return {
         "dataset": settings.dataset, "entity": entity, "strategy": k.strategy, "rounds": k.rounds,
-        "samples": k.samples, "backend": k.backend, "model": model_identity(k.model),
+        "samples": k.samples, **_llm(settings), "prompt_version": PROMPT_VERSION,
+        "limit": k.limit, "partition_size": k.partition_size, "seed": settings.seed,
+        "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
+        "inputs": inputs_digest, "parts": parts,
+    }  # fmt: skip
+
+
+LLM_ENTRIES = ("backend", "model", "reflector_model", "dtype", "engine", "server", "actor_adapter", "reflector_adapter",
+               "max_new_tokens", "repetition_penalty", "prefill", "sampling_temperature")  # fmt: skip
+
+
+def _llm(settings: Settings) -> dict:
+    """Who answered and how: all None for the text strategy, which asks no one (a model named there would be a lie)."""
+    k = settings.knowledge
+    if k.strategy == "text":
+        return dict.fromkeys(LLM_ENTRIES)
+    return {
+        "backend": k.backend, "model": model_identity(k.model),
         "reflector_model": model_identity(k.reflector_model) if k.reflector_model else None,
         "dtype": resolve_dtype(k.dtype, k.device) if k.backend == "transformers" else None if k.backend == "llama.cpp" else k.dtype,
         "engine": served_engine(settings),
         "server": k.openai_base_url if k.backend == "openai" else None,
         "actor_adapter": _adapter(settings, k.actor_adapter), "reflector_adapter": _adapter(settings, k.reflector_adapter),
         "max_new_tokens": k.max_new_tokens, "repetition_penalty": k.repetition_penalty, "prefill": k.prefill,
-        "sampling_temperature": k.sampling_temperature, "prompt_version": PROMPT_VERSION,
-        "limit": k.limit, "partition_size": k.partition_size, "seed": settings.seed,
-        "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
-        "inputs": inputs_digest, "parts": parts,
+        "sampling_temperature": k.sampling_temperature,
     }  # fmt: skip
 
 
@@ -167,7 +181,7 @@ def pipelines(settings: Settings, engines: dict) -> int:
     """Entities in flight at once: a server that batches continuously gets one pipeline per slot; a local model
     batches each step itself (one pipeline)."""
     k = settings.knowledge
-    if k.backend == "llama.cpp":
+    if k.backend == "llama.cpp" and engines:  # none for the text strategy
         return engines["actor"]["slots"]
     return k.openai_concurrency if k.backend == "openai" else 1
 
@@ -222,8 +236,10 @@ def run_part(spec: dict) -> dict:
     settings = Settings.model_validate_json(spec["settings"])
     entity, part = spec["entity"], spec["part"]
     engines = spec.get("engines") or {}
-    backend = worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
-    reflector = worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
+    backend = reflector = None  # the text strategy asks no LLM
+    if settings.knowledge.strategy != "text":
+        backend = worker_backend(settings, spec["threads"], "actor", engines.get("actor"))
+        reflector = worker_backend(settings, spec["threads"], "reflector", engines.get("reflector"))
     id_column = f"{entity}_id"
     table = pq.read_table(spec["source"], filters=[(id_column, "in", spec["ids"])])
     by_id = {row[id_column]: row for row in table.to_pylist()}
@@ -236,7 +252,7 @@ def run_part(spec: dict) -> dict:
     seconds = time.perf_counter() - started
     log.info("%s knowledge part %d: %s", entity, part, progress.line())
     judge = reflector.model_id if reflector is not backend else None
-    shared = {**_run_columns(settings, cfg, backend.model_id), "reflector_model": judge, "part": part, "part_seconds": seconds,
+    shared = {**_run_columns(settings, cfg, backend.model_id if backend else None), "reflector_model": judge, "part": part, "part_seconds": seconds,
               "generated_at": datetime.now(UTC)}  # fmt: skip
     records = [{**_record(c, entity), **shared} for c in chains]
     schema = output_schema(entity).with_metadata({STAMP: spec["stamp"].encode()})
@@ -292,7 +308,7 @@ def serving_engines(settings: Settings):
     """The llama.cpp servers the job's tasks talk to, for the length of the job; other backends need none."""
     import contextlib
 
-    if settings.knowledge.backend != "llama.cpp":
+    if settings.knowledge.backend != "llama.cpp" or settings.knowledge.strategy == "text":
         return contextlib.nullcontext({})
     return llamacpp.serving(settings, settings.logs_dir)
 
@@ -401,7 +417,7 @@ def _run_parts(
     if todo:
         from r4ec.spark import run_parts, spark_session
 
-        if k.backend == "transformers" and k.model == SMOLLM2:
+        if k.backend == "transformers" and k.model == SMOLLM2 and k.strategy != "text":
             smollm2_checkpoint(settings.models_dir, resolve_dtype(k.dtype, k.device))  # once here, not in every worker
         spark = spark_session(k.spark_master, f"r4ec-generate-{entity}-knowledge")
         threads = max(1, (os.cpu_count() or 1) // min(spark.sparkContext.defaultParallelism, len(todo)))

@@ -4,6 +4,7 @@ single     one actor pass (KAR / R2ec)
 iterative  the reflector judges; only answers judged not reasonable are refined; up to N rounds (paper: N = 1)
 filter     k sampled actor answers; the reflector keeps the reasonable ones; the encoder later averages the kept
            answers' vectors (when it keeps none, all k stand in, and the knowledge is flagged as a fallback)
+text       no LLM: the prompt's facts are the knowledge (the control that says what an LLM adds)
 
 Every LLM step is batched over the entities that need it. A reply that does not parse is asked once more with a
 stricter instruction; if that fails too, the step is recorded in `parse_failures` and the loop goes on: a reason
@@ -23,7 +24,7 @@ from r4ec.knowledge.backends import Backend, GenerationConfig, Request
 from r4ec.knowledge.parsing import clip_words, parse_answer, parse_judgement
 from r4ec.knowledge.progress import PartProgress
 
-Strategy = Literal["single", "iterative", "filter"]
+Strategy = Literal["text", "single", "iterative", "filter"]
 GENERIC_FEEDBACK = "Ground every claim in the ratings and facts given, and be specific."
 # After the prefilled "<judgement>", an engine that takes a grammar (llama.cpp) is held to a verdict and a bounded
 # reflection: SmolLM2 wrote prose instead of a verdict in 18 of 20 reflections without it, and none with it.
@@ -52,7 +53,7 @@ class LoopConfig:
 
     def steps(self) -> int:
         """The LLM steps a batch goes through at most, strict retries aside."""
-        return {"single": 1, "iterative": 1 + 2 * self.rounds, "filter": 2 * self.samples}[self.strategy]
+        return {"single": 1, "iterative": 1 + 2 * self.rounds, "filter": 2 * self.samples, "text": 0}[self.strategy]
 
     def reason_generation(self) -> GenerationConfig:
         tag = prompts.ANSWER_TAG[self.entity]
@@ -226,7 +227,7 @@ def _iterate(llm: LLM, chains: list[Chain], cfg: LoopConfig) -> None:
 
 
 def run_loop(
-    backend: Backend,
+    backend: Backend | None,
     inputs: list[dict],
     cfg: LoopConfig,
     reflector: Backend | None = None,
@@ -234,7 +235,8 @@ def run_loop(
     concurrency: int = 1,
 ) -> list[Chain]:
     """Generate knowledge for each input row with the configured strategy; one Chain per row, in order. The
-    reflector is `backend` unless another model judges; `progress` is told of every step and answer.
+    reflector is `backend` unless another model judges; `progress` is told of every step and answer. The text
+    strategy asks no one (`backend` None).
 
     concurrency 1: the entities go through each step together, one batched call per step (transformers' static
     batches). concurrency N: N entities at a time each go through their steps at their own pace, so an engine with
@@ -251,6 +253,11 @@ def run_loop(
 
 def _run(llm: LLM, chains: list[Chain], cfg: LoopConfig) -> None:
     if not chains:
+        return
+    if cfg.strategy == "text":
+        for chain in chains:
+            chain.answers.append(prompts.facts(cfg.entity, cfg.domain, chain.inputs))
+            chain.parsed.append(True)
         return
     if cfg.strategy == "filter":
         _filter(llm, chains, cfg)

@@ -60,7 +60,7 @@ class PartProgress:
             return {
                 "part": self.part, "entities": self.entities, "step": steps or "starting",
                 "requests_done": done, "requests": asked,
-                "share": min(1.0, done / (self.entities * self.steps)) if self.entities else 1.0,
+                "share": min(1.0, done / (self.entities * self.steps)) if self.entities and self.steps else 1.0,
                 "llm_calls": self.llm_calls, "prompt_tokens": self.prompt_tokens,
                 "generated_tokens": self.generated_tokens, "seconds": round(time.perf_counter() - self.started, 1),
             }  # fmt: skip

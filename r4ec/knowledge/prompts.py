@@ -123,6 +123,11 @@ def _facts(entity: Entity, inputs: dict, words: Vocabulary) -> str:
     return describe_user(inputs, words) if entity == "user" else describe_item_inputs(inputs, words)
 
 
+def facts(entity: Entity, domain: Domain, inputs: dict) -> str:
+    """What every prompt about the entity shows: the text strategy's knowledge, with no LLM in between."""
+    return _facts(entity, inputs, VOCABULARY[domain])
+
+
 def _target(entity: Entity, target: dict, words: Vocabulary) -> str:
     """A user's target is an item they rated; an item's, a user who rated it (their history before that rating).
     Shown after the task, as what the answer will be checked against: placed before it, Qwen2.5-Coder-0.5B answered

@@ -77,7 +77,8 @@ def _table(summary: dict) -> str:
             f"{summary['prompt_tokens_computed']:,} / {summary['generated_tokens']:,}")  # fmt: skip
         add("replies cut by the length limit", f"{summary['replies_cut']:,} ({summary['replies_cut'] / summary['llm_calls']:.1%})")
     speed = summary["tokens_per_second"]
-    add("generated tokens/s", f"{speed:.1f}" if speed else "n/a (all answers came from the cache)")
+    idle = "n/a (no LLM)" if summary["strategy"] == "text" else "n/a (all answers came from the cache)"
+    add("generated tokens/s", f"{speed:.1f}" if speed else idle)
     return "\n".join(lines)
 
 

@@ -42,7 +42,11 @@ def describe(settings: Settings, run: KnowledgeRun) -> dict:
 def label(about: dict) -> str:
     """One line for a table: `iterative-sample20 · smollm2-135m-instruct@1a2b3c4d5e6f · prompts v2 · 3f9e...`."""
     user = about["user"]
-    model = user["model"].split("@")[0] + (f"@{fingerprint.short(user['model'].split('@')[1])}" if "@" in user["model"] else "")
+    if user["model"] is None:  # the text strategy
+        model = "no LLM"
+    else:
+        name, _, digest = user["model"].partition("@")
+        model = name + (f"@{fingerprint.short(digest)}" if digest else "")
     adapters = "".join(f" + {role} {fingerprint.short(user[role].split('@')[-1])}"
                        for role in ("actor_adapter", "reflector_adapter") if user.get(role))  # fmt: skip
     return f"{about['name']} · {model}{adapters} · prompts {user['prompt_version']} · {fingerprint.short(about['digest'])}"

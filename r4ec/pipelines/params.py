@@ -13,6 +13,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from r4ec.config import Settings
+from r4ec.layout import STRATEGIES
 from r4ec.pipelines import PipelineError
 
 
@@ -26,8 +27,8 @@ SETTINGS_PARAMS: dict[str, tuple[object, dict, str]] = {
     "dataset": (None, _nullable({"type": "string", "enum": ["ml-100k", "ml-1m", "amazon-books-2018", None]}),
                 "Dataset (null: as configured, ml-100k by default)."),
     "protocol": (None, _nullable({"type": "string", "enum": ["r4ec", "kar", None]}), "Sample split protocol."),
-    "strategy": (None, _nullable({"type": "string", "enum": ["single", "iterative", "filter", None]}),
-                 "Knowledge strategy (iterative: the paper's reason, reflect, refine)."),
+    "strategy": (None, _nullable({"type": "string", "enum": [*STRATEGIES, None]}),
+                 "Knowledge strategy (iterative: the paper's reason, reflect, refine; text: no LLM, the control)."),
     "rounds": (None, _nullable({"type": "integer", "minimum": 1, "maximum": 5}), "Reflect/refine rounds."),
     "limit": (None, _nullable({"type": "integer", "minimum": 1}),
               "Knowledge for a seeded sample of this many users and items (null: as configured, all by default)."),

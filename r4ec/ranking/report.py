@@ -18,7 +18,8 @@ from r4ec.layout import TUNED
 from r4ec.ranking import RankingError
 from r4ec.ranking.train import BACKBONES, KNOWLEDGE
 
-LABELS = {"none": "Base", "single": "single (KAR/R2ec)", "iterative": "iterative (R4ec)", "filter": "filter"}
+LABELS = {"none": "Base", "text": "text, no LLM", "single": "single (KAR/R2ec)", "iterative": "iterative (R4ec)",
+          "filter": "filter"}  # fmt: skip
 NAMES = {"lr": "LR", "din": "DIN", "dien": "DIEN", "gru4rec": "GRU4Rec", "autoint": "AutoInt", "fignn": "FiGNN",
          "dcn": "DCN", "deepfm": "DeepFM"}  # fmt: skip
 

@@ -276,7 +276,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     report = write_dataset_report(_settings(args), args.output_dir)
     print(report.markdown)
     tail = f"; the long tail in {report.long_tail_path}" if report.long_tail_path else ""
-    print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}{tail}")
+    probe = f"; the knowledge alone in {report.probe_path}" if report.probe_path else ""
+    print(f"\n{report.runs} runs; written to {report.markdown_path} and {report.plot_path}{tail}{probe}")
     if report.below_floor:
         print(f"r4ec: warning: Base {', '.join(report.below_floor)} do not beat logistic regression", file=terminal())
 

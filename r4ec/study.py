@@ -160,11 +160,12 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
     ]
     if status:
         lines += ["", status]
-    table, tail = settings.reports_dir / "table2.md", settings.reports_dir / "long_tail.md"
+    table = settings.reports_dir / "table2.md"
     if table.is_file():
         lines += ["", table.read_text().strip().replace("### ", "## ", 1), "", "![Table 2](table2.png)"]
-    if tail.is_file():
-        lines += ["", tail.read_text().strip()]
+    for also in ("long_tail.md", "knowledge_probe.md"):
+        if (settings.reports_dir / also).is_file():
+            lines += ["", (settings.reports_dir / also).read_text().strip()]
     lines += ["", *knowledge_costs(settings, study)]
     for name, why in the_plan.skipped.items():
         lines.append(f"- `{name}`: not run: {why}.")

@@ -81,6 +81,8 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     costs = [line for line in page.splitlines() if line.startswith("| single-sample2 |")]
     assert [line.split(" | ")[1:3] for line in costs] == [["user", "2"], ["item", "2"]]
     assert "- `iterative-tuned`: not run: no adapter at" in page
+    probe = [line for line in page.splitlines() if line.startswith("| single_sample2 |")]  # the knowledge alone
+    assert len(probe) == 1 and all(0 <= float(auc) <= 1 for auc in probe[0].strip(" |").split(" | ")[-3:])
     assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "7 commands" in page
 
     parts = sorted((tmp_path / "knowledge" / "ml-100k" / "single-sample2").rglob("*.parquet"))

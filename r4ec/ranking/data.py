@@ -107,7 +107,7 @@ def _padded(values: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.nd
     return out
 
 
-def _vectors(table: pa.Table, name: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def vector_column(table: pa.Table, name: str, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """list<float> column -> ([rows, D] float32, [rows] bool present); a missing vector is zeros, and not present.
     `width`: D when known (scoring), so that rows without any vector are no error."""
     column = table.column(name).combine_chunks()
@@ -123,7 +123,7 @@ def _vectors(table: pa.Table, name: str, width: int | None = None) -> tuple[np.n
     return out, valid
 
 
-def _labels(table: pa.Table) -> np.ndarray:
+def label_column(table: pa.Table) -> np.ndarray:
     """The labels; zeros where the table has none (candidates to score)."""
     if "label" not in table.column_names:
         return np.zeros(table.num_rows, np.float32)
@@ -165,10 +165,10 @@ def to_tensors(
         history, history_ratings, mask = (np.repeat(a, table.num_rows, axis=0) for a in (history, history_ratings, mask))
     vectors = present = None
     if knowledge:
-        found = [_vectors(table, c, knowledge_dim) for c in knowledge]
+        found = [vector_column(table, c, knowledge_dim) for c in knowledge]
         vectors = torch.from_numpy(np.stack([v for v, _ in found], axis=1))  # [rows, N, D]
         present = torch.from_numpy(np.stack([p for _, p in found], axis=1))  # [rows, N]
     return Tensors(
         torch.from_numpy(fields), torch.from_numpy(history), torch.from_numpy(history_ratings), torch.from_numpy(mask),
-        vectors, torch.from_numpy(_labels(table)), present,
+        vectors, torch.from_numpy(label_column(table)), present,
     )  # fmt: skip

@@ -217,11 +217,14 @@ class Report:
     below_floor: list[str]
     runs: int
     long_tail_path: Path | None = None
+    probe_path: Path | None = None
 
 
-def write_report(artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path | None = None) -> Report:
-    """Table 2 (table2.md, table2.png) and, given the CTR samples that define it, Table 2 on the long tail
-    (long_tail.md)."""
+def write_report(
+    artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path | None = None, training_dir: Path | None = None
+) -> Report:
+    """Table 2 (table2.md, table2.png); given the CTR samples that define it, Table 2 on the long tail
+    (long_tail.md); given the training sets, what each knowledge run's vectors hold on their own (knowledge_probe.md)."""
     rows = collect(artifacts)
     if not rows:
         raise RankingError(f"no finished runs under {artifacts}; train some with `r4ec train` first")
@@ -235,10 +238,28 @@ def write_report(artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path
     if ctr_samples is not None and ctr_samples.is_file():
         tail_path = out_dir / "long_tail.md"
         tail_path.write_text(long_tail(artifacts, ctr_samples, dataset) + "\n")
-    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path)
+    probe_path = write_probe(training_dir, out_dir, dataset) if training_dir is not None else None
+    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path, probe_path)
+
+
+def write_probe(training_dir: Path, out_dir: Path, dataset: str) -> Path | None:
+    """knowledge_probe.md for every training set that carries knowledge vectors; None when none does."""
+    import pyarrow.parquet as pq
+
+    from r4ec.ranking.probe import markdown as probe_markdown
+    from r4ec.ranking.probe import probe_training_set
+
+    sets = [p for p in sorted(training_dir.glob("*.parquet")) if "user_knowledge_vector" in pq.read_schema(p).names]
+    if not sets:
+        return None
+    results = {path.stem: probe_training_set(path, out_dir / "probe") for path in sets}
+    path = out_dir / "knowledge_probe.md"
+    path.write_text(probe_markdown(results, dataset) + "\n")
+    return path
 
 
 def write_dataset_report(settings: Settings, out_dir: Path | None = None) -> Report:
-    """`write_report` for the settings' dataset: its runs, its reports folder (or `out_dir`), its long tail."""
+    """`write_report` for the settings' dataset: its runs, its reports folder (or `out_dir`), its long tail, its
+    training sets."""
     return write_report(settings.artifacts_dir, out_dir or settings.reports_dir, settings.dataset,
-                        layout.mart_path(settings, "ctr_samples"))  # fmt: skip
+                        layout.mart_path(settings, "ctr_samples"), settings.training_dir)  # fmt: skip

@@ -10,6 +10,7 @@ figures measure retrieval, not knowledge. Everything runs one after the other on
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import statistics
@@ -26,7 +27,7 @@ from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.encoding import mark_complete, vectors_schema
 from r4ec.features import store
-from r4ec.layout import KnowledgeRun, vectors_dir
+from r4ec.layout import MANIFEST, KnowledgeRun, knowledge_dir, vectors_dir
 
 SAMPLE_KEYS = "sample_id, user_id, item_id, event_timestamp, label, split"
 
@@ -35,9 +36,13 @@ def random_vectors(settings: Settings, entity: str, first_seen: dict, seed: int)
     rng = np.random.default_rng(seed)
     rows = [{f"{entity}_id": key, "event_timestamp": when, "vector": rng.standard_normal(384).astype(np.float32).tolist(),
              "quality": "parsed", "texts": 1, "encoder": "random"} for key, when in first_seen.items()]  # fmt: skip
-    target = vectors_dir(settings, entity, KnowledgeRun("iterative"))
+    run = KnowledgeRun("iterative")
+    target = vectors_dir(settings, entity, run)
     write_parquet(pa.Table.from_pylist(rows, schema=vectors_schema(entity)), target / "part-00000.parquet")
     mark_complete(target, entity, "random")
+    manifest = knowledge_dir(settings, entity, run) / MANIFEST  # what the run's knowledge was built from: nothing
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"strategy": "iterative", "model": None, "inputs": "random vectors"}))
 
 
 def asof_join(settings: Settings) -> tuple[int, float]:

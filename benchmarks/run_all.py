@@ -17,7 +17,7 @@ from pathlib import Path
 from r4ec.config import Settings
 from r4ec.layout import RUN_NAMES
 from r4ec.ranking.train import BACKBONES
-from r4ec.study import DEFAULT_KNOWLEDGE, Study, run
+from r4ec.study import BENCHMARKS, DEFAULT_KNOWLEDGE, Study, run
 
 
 def main() -> int:
@@ -32,12 +32,14 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="the LLM steps on a seeded sample of this many users and items")
     parser.add_argument("--epochs", type=int, help="at most this many training epochs (default: r4ec train's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"), help="default: %(default)s")
+    parser.add_argument("--benchmarks", nargs="*", choices=BENCHMARKS, default=list(BENCHMARKS),
+                        help="speed benchmarks run last, once (default: all of them; none: --benchmarks)")  # fmt: skip
     args = parser.parse_args()
     common = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
               *(["--dataset", args.dataset] if args.dataset else [])]  # fmt: skip
     overrides = {k: v for k, v in {"data_dir": args.data_dir, "dataset": args.dataset}.items() if v is not None}
     study = Study(tuple(common), tuple(args.knowledge), tuple(args.backbones), tuple(args.seeds), args.limit,
-                  args.epochs, args.out)  # fmt: skip
+                  args.epochs, args.out, tuple(args.benchmarks))  # fmt: skip
     return run(study, Settings(**overrides))
 
 

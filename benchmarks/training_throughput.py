@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from r4ec.config import Settings
+from r4ec.features.store import service_fingerprint
 from r4ec.ranking.experiment import training_table
-from r4ec.ranking.train import BACKBONES, TrainConfig, build_model, evaluate, split_tensors
+from r4ec.ranking.train import BACKBONES, KNOWLEDGE, TrainConfig, build_model, evaluate, split_tensors
 
 
 def train_rate(model: nn.Module, tensors, batch_size: int, warmup: int, steps: int) -> float:
@@ -42,7 +43,7 @@ def train_rate(model: nn.Module, tensors, batch_size: int, warmup: int, steps: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    parser.add_argument("--knowledge", nargs="+", default=["none"], choices=["none", "single", "iterative", "filter"])
+    parser.add_argument("--knowledge", nargs="+", default=["none"], choices=KNOWLEDGE)
     parser.add_argument("--threads", nargs="+", type=int, default=[1])
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=5)
@@ -55,7 +56,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for knowledge in args.knowledge:
         config = TrainConfig(knowledge=knowledge)
-        table, _ = training_table(settings, config.service)
+        table, _ = training_table(settings, config.service, service_fingerprint(settings, config.service))
         vocab, tensors, knowledge_dim = split_tensors(table, config)
         train, test = tensors["train"], tensors["test"]
         for threads in args.threads:

@@ -31,6 +31,11 @@ from r4ec.local_models import is_adapter
 # cheapest-first would starve the rows that matter; text (no LLM, minutes) right after the paper's run, as its control
 DEFAULT_KNOWLEDGE = ("iterative", "text", "iterative-tuned", "single")
 JOURNAL = "study-journal.jsonl"
+# the speed benchmarks the other issues set targets with, at their defaults, after the study's own commands (on the
+# machine the numbers above came from); serving_latency needs a published run, which the study does not make
+BENCHMARKS = ("generation_throughput", "training_throughput", "feature_retrieval")
+BENCHMARK = "benchmark"  # a plan's command that runs benchmarks/<name>.py rather than r4ec
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Study:
     limit: int | None = None  # the LLM steps on a seeded sample of this many users and items
     epochs: int | None = None
     out: Path = Path("benchmarks/RESULTS.md")
+    benchmarks: tuple[str, ...] = BENCHMARKS  # benchmarks/<name>.py, run last, once
 
 
 @dataclass
@@ -76,6 +82,7 @@ def plan(study: Study, settings: Settings) -> Plan:
         commands += [["knowledge", "generate", *options], ["knowledge", "encode", *options], *rows([name])]
     if not any(c[0] == "train" for c in commands):
         commands += rows([])
+    commands += [[BENCHMARK, name] for name in study.benchmarks]
     return Plan(commands, skipped)
 
 
@@ -85,8 +92,9 @@ def run(study: Study, settings: Settings) -> int:
     the_plan, journal = plan(study, settings), settings.reports_dir / JOURNAL
     journal.parent.mkdir(parents=True, exist_ok=True)
     for number, arguments in enumerate(the_plan.commands, start=1):
-        print(f"run_all: step {number}/{len(the_plan.commands)}: r4ec {shlex.join(arguments)}", flush=True)
-        entry = _run_command(arguments)
+        shown = f"python benchmarks/{arguments[1]}.py" if arguments[0] == BENCHMARK else f"r4ec {shlex.join(arguments)}"
+        print(f"run_all: step {number}/{len(the_plan.commands)}: {shown}", flush=True)
+        entry = _run_benchmark(arguments[1], settings) if arguments[0] == BENCHMARK else _run_command(arguments)
         with journal.open("a") as out:
             out.write(json.dumps(entry) + "\n")
         if entry["exit"] != 0:
@@ -116,6 +124,29 @@ def _run_command(arguments: list[str]) -> dict:
     started, clock = datetime.now(UTC), time.perf_counter()
     exit_code = subprocess.run([str(r4ec), *arguments], env=os.environ.copy()).returncode
     return {"command": f"r4ec {shlex.join(arguments)}", "started": started.isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - clock, 1), "exit": exit_code, "commit": commit()}  # fmt: skip
+
+
+def benchmark_output(settings: Settings, name: str) -> Path:
+    return settings.reports_dir / "benchmarks" / f"{name}.md"
+
+
+def _run_benchmark(name: str, settings: Settings) -> dict:
+    """benchmarks/<name>.py on the study's data, its output kept beside the reports; once: a benchmark measures the
+    machine, so a study run again keeps the figures it has (delete the file to measure again)."""
+    out, script = benchmark_output(settings, name), REPO / "benchmarks" / f"{name}.py"
+    command = f"python benchmarks/{name}.py"
+    started, clock, exit_code = datetime.now(UTC), time.perf_counter(), 0
+    if not out.is_file():
+        env = {**os.environ, "R4EC_DATA_DIR": str(settings.data_dir), "R4EC_DATASET": settings.dataset}
+        done = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        exit_code = done.returncode
+        print(done.stdout, end="", flush=True)
+        if exit_code == 0:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".partial").write_text(done.stdout)
+            out.with_suffix(".partial").replace(out)
+    return {"command": command, "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - clock, 1), "exit": exit_code, "commit": commit()}  # fmt: skip
 
 
@@ -169,6 +200,7 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
     lines += ["", *knowledge_costs(settings, study)]
     for name, why in the_plan.skipped.items():
         lines.append(f"- `{name}`: not run: {why}.")
+    lines += benchmarks_section(settings, study)
     lines += ["", *commands_table(journal)]
     return "\n".join(lines) + "\n"
 
@@ -199,6 +231,19 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
                 f"{s['replies_cut']:,} | {s['generation_seconds']:,.0f} | {rate} | {s['llm_calls'] * per:,.0f}, "
                 f"{s['generated_tokens'] * per:,.0f}, {s['generation_seconds'] * per:,.0f} |"
             )  # fmt: skip
+    return lines
+
+
+def benchmarks_section(settings: Settings, study: Study) -> list[str]:
+    """Each benchmark's own output (its tables and the machine it ran on), as it printed it."""
+    done = [(name, benchmark_output(settings, name)) for name in study.benchmarks]
+    done = [(name, path) for name, path in done if path.is_file()]
+    if not done:
+        return []
+    lines = ["", "## Speed benchmarks", "", "Each as `python benchmarks/<name>.py` printed it, on this machine, after the "
+             "study's own commands (listed below with the time each took)."]  # fmt: skip
+    for name, path in done:
+        lines += ["", f"### {name}", "", "```", path.read_text().strip(), "```"]
     return lines
 
 

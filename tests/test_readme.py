@@ -49,7 +49,7 @@ EXCLUDED = {
     "tests/test_marts.py (the ml1m fixture)",
     ".venv/bin/python benchmarks/run_all.py": "the whole study: hours of LLM generation and 66 training runs per "
     "knowledge run; tests/test_study.py runs the same command end to end on a sample, twice",
-    ".venv/bin/python benchmarks/run_all.py --limit 20 --seeds 1": "every backbone on three knowledge runs; "
+    ".venv/bin/python benchmarks/run_all.py --limit 20 --seeds 1 --benchmarks": "every backbone on four knowledge runs; "
     "tests/test_study.py runs the same command with --limit 2 and one backbone, twice, and on a failing step",
 }
 

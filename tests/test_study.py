@@ -13,7 +13,7 @@ import pytest
 
 from r4ec import layout
 from r4ec.config import Settings
-from r4ec.study import JOURNAL, Study, plan
+from r4ec.study import BENCHMARKS, JOURNAL, Study, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,8 @@ def fake_adapters(settings: Settings) -> None:
 
 def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     settings = Settings(data_dir=tmp_path)
-    study = Study(("--data-dir", str(tmp_path)), ("iterative", "iterative-tuned"), ("lr", "din"), (1, 2), limit=5)
+    study = Study(("--data-dir", str(tmp_path)), ("iterative", "iterative-tuned"), ("lr", "din"), (1, 2), limit=5,
+                  benchmarks=())
     without = plan(study, settings)
     assert [c[:2] for c in without.commands] == [["data", "load"], ["marts", "build"], ["knowledge", "generate"],
                                                  ["knowledge", "encode"], ["features", "apply"], ["train", "--backbone"],
@@ -47,6 +48,7 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     generate = tuned.commands[7]
     assert generate[:3] == ["knowledge", "generate", "--strategy"] and "--actor-adapter" in generate
     assert generate[generate.index("--reflector-adapter") + 1].endswith("reflector/adapter")
+    assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
 
 
 def run_all(*args: str) -> subprocess.CompletedProcess:
@@ -71,7 +73,7 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
         monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
     out = tmp_path / "results" / "RESULTS.md"
     args = ["--data-dir", str(tmp_path), "--knowledge", "single", "iterative-tuned", "--backbones", "dcn", "--seeds", "1",
-            "--limit", "2", "--epochs", "1", "--out", str(out)]  # fmt: skip
+            "--limit", "2", "--epochs", "1", "--out", str(out), "--benchmarks", "training_throughput"]  # fmt: skip
     first = run_all(*args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     page = out.read_text()
@@ -83,7 +85,9 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     assert "- `iterative-tuned`: not run: no adapter at" in page
     probe = [line for line in page.splitlines() if line.startswith("| single_sample2 |")]  # the knowledge alone
     assert len(probe) == 1 and all(0 <= float(auc) <= 1 for auc in probe[0].strip(" |").split(" | ")[-3:])
-    assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "7 commands" in page
+    assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "8 commands" in page
+    bench = page.split("### training_throughput")[1].split("## Commands")[0]  # the benchmark on the study's data, as it printed it
+    assert "| dcn | none | 1 |" in bench and "`python benchmarks/training_throughput.py`" in page
 
     parts = sorted((tmp_path / "knowledge" / "ml-100k" / "single-sample2").rglob("*.parquet"))
     runs = sorted((tmp_path / "models" / "artifacts" / "ml-100k").glob("*/metrics.json"))
@@ -94,4 +98,4 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     assert {p: p.stat().st_mtime_ns for p in parts + runs} == before  # nothing generated, encoded or trained again
     again = out.read_text()
     assert [line for line in again.splitlines() if line.startswith("| single-sample2 |")] == costs
-    assert "14 commands" in again
+    assert "16 commands" in again and again.split("### training_throughput")[1].split("## Commands")[0] == bench  # measured once

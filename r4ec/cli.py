@@ -325,8 +325,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         from r4ec.ranking.report import write_dataset_report
 
         torch.set_num_threads(1)
-        strategy = settings.knowledge.strategy
-        configs = train_configs(settings, ["lr", "din"], ["none", strategy] if service in registered else ["none"])
+        knowledge = KnowledgeRun.of(settings).name  # iterative-tuned with adapters: never the base models' run
+        configs = train_configs(settings, ["lr", "din"], ["none", knowledge] if service in registered else ["none"])
         run_experiments(settings, configs)
         report = write_dataset_report(settings)
         aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)

@@ -13,9 +13,10 @@ asks here instead of assembling another stage's folder names.
     DATA_DIR/models/artifacts/DATASET/published/<digest>/<run>/    snapshots of published runs
 
 A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
-(`iterative-sample20`), by the base models or with LoRA adapters (`iterative-tuned`, `iterative-tuned-sample20`); its
-Feast service is the same name with underscores (`iterative_tuned_sample20`), so a sampled run can never be read as the
-full one, nor a tuned run as the base models'.
+(`iterative-sample20`), by the base models or with LoRA adapters (`iterative-tuned`, `iterative-tuned-sample20`), with
+the paper's one reflect / refine round or with N (`iterative-r2`); its Feast service is the same name with underscores
+(`iterative_r2_tuned_sample20`), so a sampled run can never be read as the full one, a tuned run as the base models',
+nor two rounds as one.
 """
 
 from __future__ import annotations
@@ -35,41 +36,51 @@ COMPLETE = "_COMPLETE.json"  # written last by the encode step: every knowledge 
 TUNED = "-tuned"  # the run's actor or reflector had a LoRA adapter (which ones, by hash: the run's manifest)
 STRATEGIES: tuple[str, ...] = get_args(KnowledgeSettings.model_fields["strategy"].annotation)  # the config's one list
 NO_LLM = "text"  # the strategy that asks no model, so has nothing to tune
-RUN_NAMES = (*STRATEGIES, *(s + TUNED for s in STRATEGIES if s != NO_LLM))  # what a training configuration may name
-_RUN = re.compile(r"^(?P<strategy>[a-z]+)(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$")
+ROUNDS = range(2, 6)  # the iterative strategy's reflect / refine rounds beyond the paper's one that runs may be named by
+_BASE_NAMES = (*STRATEGIES, *(f"iterative-r{n}" for n in ROUNDS))
+RUN_NAMES = (*_BASE_NAMES, *(s + TUNED for s in _BASE_NAMES if s != NO_LLM))  # what a training configuration may name
+_RUN = re.compile(
+    r"^(?P<strategy>[a-z]+)(?:[-_]r(?P<rounds>[1-9][0-9]*))?(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$"
+)
 
 
 @dataclass(frozen=True)
 class KnowledgeRun:
     """A strategy on all entities (limit None) or on a seeded sample of `limit` users and `limit` items, by the base
-    models or (tuned) with an actor or reflector adapter."""
+    models or (tuned) with an actor or reflector adapter; the iterative strategy with its number of rounds."""
 
     strategy: str
     limit: int | None = None
     tuned: bool = False
+    rounds: int = 1
 
     @classmethod
     def of(cls, settings: Settings) -> KnowledgeRun:
         k = settings.knowledge
-        return cls(k.strategy, k.limit, k.actor_adapter is not None or k.reflector_adapter is not None)
+        rounds = k.rounds if k.strategy == "iterative" else 1
+        return cls(k.strategy, k.limit, k.actor_adapter is not None or k.reflector_adapter is not None, rounds)
 
     @classmethod
     def named(cls, knowledge: str, limit: int | None = None) -> KnowledgeRun:
-        """From a training configuration's knowledge (`iterative`, `iterative-tuned`) and sample size."""
-        return cls(knowledge.removesuffix(TUNED), limit, knowledge.endswith(TUNED))
+        """From a training configuration's knowledge (`iterative`, `iterative-r2-tuned`) and sample size."""
+        run = cls.parse(knowledge)
+        if run is None or run.limit is not None:
+            raise ValueError(f"{knowledge!r} names no knowledge run (one of {', '.join(RUN_NAMES)})")
+        return cls(run.strategy, limit, run.tuned, run.rounds)
 
     @classmethod
     def parse(cls, name: str) -> KnowledgeRun | None:
         """From a folder (`iterative-sample20`) or service (`iterative_sample20`) name; None if it is neither."""
         match = _RUN.match(name)
-        if match is None:
-            return None
-        return cls(match["strategy"], int(match["limit"]) if match["limit"] else None, match["tuned"] is not None)
+        if match is None or (match["rounds"] and (match["strategy"] != "iterative" or match["rounds"] == "1")):
+            return None  # rounds name only iterative runs, and only beyond the default one
+        limit, rounds = int(match["limit"]) if match["limit"] else None, int(match["rounds"] or 1)
+        return cls(match["strategy"], limit, match["tuned"] is not None, rounds)
 
     @property
     def name(self) -> str:
-        """The knowledge as a training configuration names it (`iterative-tuned`): the folder without the sample."""
-        return self.strategy + (TUNED if self.tuned else "")
+        """The knowledge as a training configuration names it (`iterative-r2-tuned`): the folder without the sample."""
+        return self.strategy + (f"-r{self.rounds}" if self.rounds != 1 else "") + (TUNED if self.tuned else "")
 
     @property
     def folder(self) -> str:

@@ -62,3 +62,16 @@ def test_the_text_strategy_names_no_model_to_tune(llm):
     with pytest.raises(ValidationError, match="the text strategy asks no LLM"):
         Settings(knowledge={"strategy": "text", **llm})
     assert "text" in RUN_NAMES and "text-tuned" not in RUN_NAMES and "iterative-tuned" in RUN_NAMES
+
+
+def test_more_rounds_are_a_run_of_their_own(tmp_path):
+    """Two reflect / refine rounds are another knowledge run than the paper's one: folder, service and training name."""
+    two = Settings(data_dir=tmp_path, knowledge={"rounds": 2, "limit": 5, "actor_adapter": tmp_path / "a"})
+    run = KnowledgeRun.of(two)
+    assert (run.name, run.folder, run.service) == ("iterative-r2-tuned", "iterative-r2-tuned-sample5", "iterative_r2_tuned_sample5")
+    assert KnowledgeRun.parse(run.folder) == KnowledgeRun.parse(run.service) == KnowledgeRun.named(run.name, 5) == run
+    assert knowledge_dir(two, "user") != knowledge_dir(Settings(data_dir=tmp_path, knowledge={"limit": 5, "actor_adapter": tmp_path / "a"}), "user")
+    assert KnowledgeRun.of(Settings(knowledge={"strategy": "single", "rounds": 2})).name == "single"  # no rounds to do
+    assert [KnowledgeRun.parse(name) for name in ("single-r2", "iterative-r1", "iterative-r2x")] == [None, None, None]
+    with pytest.raises(ValueError, match="names no knowledge run"):
+        KnowledgeRun.named("iterative-sample5")

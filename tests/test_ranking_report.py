@@ -33,12 +33,14 @@ def test_rows_are_grouped_ordered_and_compared_with_their_own_base(tmp_path):
     write_run(tmp_path, "din", "single", 1, 0.70, 0.60, connector="experts")
     write_run(tmp_path, "din", "iterative-tuned", 1, 0.79, 0.52)
     write_run(tmp_path, "din", "text", 1, 0.77, 0.54)
+    write_run(tmp_path, "din", "iterative-r2", 1, 0.79, 0.52)
     write_run(tmp_path, "lr", "none", 1, 0.75, 0.56)
     (tmp_path / "dcn-none-mlp-seed1").mkdir()  # unfinished: no metrics.json
     rows = collect(tmp_path)
     assert [(r.backbone, r.label, r.seeds) for r in rows] == [
         ("lr", "Base", [1]), ("din", "Base", [1, 2]), ("din", "text, no LLM", [1]), ("din", "single (KAR/R2ec)", [1, 2]),
-        ("din", "single (KAR/R2ec), experts", [1]), ("din", "iterative (R4ec), tuned actor and reflector", [1]),
+        ("din", "single (KAR/R2ec), experts", [1]), ("din", "iterative (R4ec), 2 rounds", [1]),
+        ("din", "iterative (R4ec), tuned actor and reflector", [1]),
     ]  # fmt: skip
     single = rows[3]
     assert single.mean("auc") == pytest.approx(0.81)

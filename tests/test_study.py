@@ -48,6 +48,8 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     generate = tuned.commands[7]
     assert generate[:3] == ["knowledge", "generate", "--strategy"] and "--actor-adapter" in generate
     assert generate[generate.index("--reflector-adapter") + 1].endswith("reflector/adapter")
+    rounds = plan(Study(("--data-dir", str(tmp_path)), ("iterative-r2",), benchmarks=()), settings).commands[2]
+    assert rounds[:5] == ["knowledge", "generate", "--strategy", "iterative", "--rounds"] and rounds[5] == "2"
     assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
 
 

@@ -76,9 +76,10 @@ def train(params: dict) -> list[str]:
     from r4ec.ranking.experiment import run_experiments, train_configs
 
     settings = settings_of(params)
-    service = layout.KnowledgeRun.of(settings).service
+    run = layout.KnowledgeRun.of(settings)
+    service = run.service
     services = [s.name for s in feature_store(settings).list_feature_services()]  # as update_features registered
-    kinds = ["none", settings.knowledge.strategy] if service in services else ["none"]
+    kinds = ["none", run.name] if service in services else ["none"]
     if service not in services:
         log.warning("knowledge run %s is not registered (not encoded, or features not updated since): training on "
                     "base features only", service)  # fmt: skip

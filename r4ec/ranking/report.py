@@ -14,7 +14,7 @@ from pathlib import Path
 
 from r4ec import layout
 from r4ec.config import Settings
-from r4ec.layout import TUNED
+from r4ec.layout import KnowledgeRun
 from r4ec.ranking import RankingError
 from r4ec.ranking.train import BACKBONES, KNOWLEDGE
 
@@ -37,8 +37,10 @@ class Row:
 
     @property
     def label(self) -> str:
-        tuned = ", tuned actor and reflector" if self.knowledge.endswith(TUNED) else ""
-        label = LABELS[self.knowledge.removesuffix(TUNED)] + tuned + (f", sample {self.limit}" if self.limit else "")
+        run = KnowledgeRun.named(self.knowledge) if self.knowledge != "none" else KnowledgeRun("none")
+        rounds = f", {run.rounds} rounds" if run.rounds != 1 else ""
+        tuned = ", tuned actor and reflector" if run.tuned else ""
+        label = LABELS[run.strategy] + rounds + tuned + (f", sample {self.limit}" if self.limit else "")
         return label + ("" if self.connector == "mlp" or self.knowledge == "none" else f", {self.connector}")
 
     def mean(self, metric: str) -> float:

@@ -16,5 +16,5 @@ def services(profiles: dict[str, FeatureView], knowledge: dict[str, FeatureView]
         views = [knowledge[f"{entity}_knowledge_{run.service}"] for entity in ("user", "item")]
         sample = "" if run.limit is None else f" on a sample of {run.limit} users and {run.limit} items"
         found.append(FeatureService(name=run.service, features=base + views, tags={"knowledge_run": folder},
-                                    description=f"Base + {run.strategy} knowledge{sample}."))  # fmt: skip
+                                    description=f"Base + {run.name} knowledge{sample}."))  # fmt: skip
     return found

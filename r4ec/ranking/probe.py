@@ -22,11 +22,9 @@ from r4ec.ranking.data import label_column, vector_column
 from r4ec.ranking.train import metrics
 
 VIEWS = ("user", "item", "both")
+ENTITIES_OF = {"user": ("user",), "item": ("item",), "both": ("user", "item")}  # whose vectors a view needs
 PROBE_VERSION = "r4ec-probe-v1"  # change when the features or the fit change: cached results are then redone
 L2 = 1e-4
-
-
-ENTITIES_OF = {"user": ("user",), "item": ("item",), "both": ("user", "item")}
 
 
 def features(table: pa.Table, view: str, width: int) -> np.ndarray:

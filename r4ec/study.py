@@ -140,7 +140,7 @@ def _run_benchmark(name: str, settings: Settings) -> dict:
     command = f"python benchmarks/{name}.py"
     started, clock, exit_code = datetime.now(UTC), time.perf_counter(), 0
     if not out.is_file():
-        env = {**os.environ, "R4EC_DATA_DIR": str(settings.data_dir), "R4EC_DATASET": settings.dataset}
+        env = {**os.environ, "R4EC_DATA_DIR": str(settings.data_dir.resolve()), "R4EC_DATASET": settings.dataset}
         done = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
         exit_code = done.returncode
         print(done.stdout, end="", flush=True)

@@ -15,6 +15,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ JOURNAL = "study-journal.jsonl"
 BENCHMARKS = ("generation_throughput", "training_throughput", "feature_retrieval")
 BENCHMARK = "benchmark"  # a plan's command that runs benchmarks/<name>.py rather than r4ec
 REPO = Path(__file__).resolve().parent.parent
+INTERRUPTED = "interrupted"  # a journal entry's exit when Ctrl-C or SIGTERM stopped its command
 
 
 @dataclass(frozen=True)
@@ -89,26 +91,32 @@ def plan(study: Study, settings: Settings) -> Plan:
 
 
 def run(study: Study, settings: Settings) -> int:
-    """Run the study's commands in order, journalled, stopping at the first that fails. The page is rewritten after
-    every command, so a study stopped anywhere (or still running) has one that says how far it got."""
+    """Run the study's commands in order, journalled, stopping at the first that fails or is interrupted (Ctrl-C,
+    SIGTERM: the command in flight is journalled as such). The page is rewritten after every command, so a study
+    stopped anywhere (or still running) has one that says how far it got."""
     the_plan, journal = plan(study, settings), settings.reports_dir / JOURNAL
     journal.parent.mkdir(parents=True, exist_ok=True)
-    for number, arguments in enumerate(the_plan.commands, start=1):
-        shown = f"python benchmarks/{arguments[1]}.py" if arguments[0] == BENCHMARK else f"r4ec {shlex.join(arguments)}"
-        print(f"run_all: step {number}/{len(the_plan.commands)}: {shown}", flush=True)
-        entry = _run_benchmark(arguments[1], settings) if arguments[0] == BENCHMARK else _run_command(arguments)
-        with journal.open("a") as out:
-            out.write(json.dumps(entry) + "\n")
-        if entry["exit"] != 0:
-            status = f"**Stopped**: `{entry['command']}` exited with {entry['exit']}; what follows is what was done before it."
-        elif number < len(the_plan.commands):
-            status = f"**In progress**: {number} of {len(the_plan.commands)} commands done; run it again to continue."
-        else:
-            status = ""
-        write_page(study, settings, the_plan, read_journal(journal), status)
-        if entry["exit"] != 0:
-            print(f"run_all: stopped at {entry['command']}; results at {study.out}")
-            return entry["exit"]
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: journal, then stop
+    try:
+        for number, arguments in enumerate(the_plan.commands, start=1):
+            print(f"run_all: step {number}/{len(the_plan.commands)}: {shown(arguments)}", flush=True)
+            entry = timed(arguments, settings)
+            with journal.open("a") as out:
+                out.write(json.dumps(entry) + "\n")
+            if entry["exit"] == INTERRUPTED:
+                status = f"**Interrupted** during `{entry['command']}`; run it again to continue."
+            elif entry["exit"] != 0:
+                status = f"**Stopped**: `{entry['command']}` exited with {entry['exit']}; what follows is what was done before it."
+            elif number < len(the_plan.commands):
+                status = f"**In progress**: {number} of {len(the_plan.commands)} commands done; run it again to continue."
+            else:
+                status = ""
+            write_page(study, settings, the_plan, read_journal(journal), status)
+            if entry["exit"] != 0:
+                print(f"run_all: stopped at {entry['command']}; results at {study.out}")
+                return 130 if entry["exit"] == INTERRUPTED else entry["exit"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"run_all: done; results at {study.out}")
     return 0
 
@@ -121,35 +129,45 @@ def write_page(study: Study, settings: Settings, the_plan: Plan, journal: list[d
         shutil.copyfile(table_png, study.out.parent / "table2.png")
 
 
-def _run_command(arguments: list[str]) -> dict:
-    r4ec = Path(sys.executable).parent / "r4ec"
+def shown(arguments: list[str]) -> str:
+    """A plan's command as a user would type it."""
+    return f"python benchmarks/{arguments[1]}.py" if arguments[0] == BENCHMARK else f"r4ec {shlex.join(arguments)}"
+
+
+def timed(arguments: list[str], settings: Settings) -> dict:
+    """Run one of the plan's commands: its journal entry (exit INTERRUPTED if Ctrl-C or SIGTERM stopped it)."""
     started, clock = datetime.now(UTC), time.perf_counter()
-    exit_code = subprocess.run([str(r4ec), *arguments], env=os.environ.copy()).returncode
-    return {"command": f"r4ec {shlex.join(arguments)}", "started": started.isoformat(timespec="seconds"),
+    try:
+        exit_code = _run_benchmark(arguments[1], settings) if arguments[0] == BENCHMARK else _run_command(arguments)
+    except KeyboardInterrupt:  # subprocess.run has killed the command and waited for it
+        exit_code = INTERRUPTED
+    return {"command": shown(arguments), "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - clock, 1), "exit": exit_code, "commit": commit()}  # fmt: skip
+
+
+def _run_command(arguments: list[str]) -> int:
+    r4ec = Path(sys.executable).parent / "r4ec"
+    return subprocess.run([str(r4ec), *arguments], env=os.environ.copy()).returncode
 
 
 def benchmark_output(settings: Settings, name: str) -> Path:
     return settings.reports_dir / "benchmarks" / f"{name}.md"
 
 
-def _run_benchmark(name: str, settings: Settings) -> dict:
+def _run_benchmark(name: str, settings: Settings) -> int:
     """benchmarks/<name>.py on the study's data, its output kept beside the reports; once: a benchmark measures the
     machine, so a study run again keeps the figures it has (delete the file to measure again)."""
     out, script = benchmark_output(settings, name), REPO / "benchmarks" / f"{name}.py"
-    command = f"python benchmarks/{name}.py"
-    started, clock, exit_code = datetime.now(UTC), time.perf_counter(), 0
-    if not out.is_file():
-        env = {**os.environ, "R4EC_DATA_DIR": str(settings.data_dir.resolve()), "R4EC_DATASET": settings.dataset}
-        done = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        exit_code = done.returncode
-        print(done.stdout, end="", flush=True)
-        if exit_code == 0:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".partial").write_text(done.stdout)
-            out.with_suffix(".partial").replace(out)
-    return {"command": command, "started": started.isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - clock, 1), "exit": exit_code, "commit": commit()}  # fmt: skip
+    if out.is_file():
+        return 0
+    env = {**os.environ, "R4EC_DATA_DIR": str(settings.data_dir.resolve()), "R4EC_DATASET": settings.dataset}
+    done = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".partial").write_text(done.stdout)
+        out.with_suffix(".partial").replace(out)
+    return done.returncode
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -213,8 +231,8 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
         "## Knowledge runs: what they hold and what they cost",
         "",
         "| run | entity | entities | parsed | fallback | first reflection: reasonable / judged / no verdict | LLM calls | "
-        "prompt tokens (computed) | generated tokens | replies cut | seconds | generated tokens/s | "
-        "per 1,000 entities: calls, generated tokens, seconds |",
+        "prompt tokens (computed) | generated tokens | replies cut | part-seconds | generated tokens/s | "
+        "per 1,000 entities: calls, generated tokens, part-seconds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in study.knowledge:
@@ -233,7 +251,9 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
                 f"{s['replies_cut']:,} | {s['generation_seconds']:,.0f} | {rate} | {s['llm_calls'] * per:,.0f}, "
                 f"{s['generated_tokens'] * per:,.0f}, {s['generation_seconds'] * per:,.0f} |"
             )  # fmt: skip
-    return lines
+    return lines + ["", f"part-seconds: each knowledge part's own time, summed; Spark runs up to {os.cpu_count()} parts "
+                        "at once here (local[*]), which share one llama.cpp server, so the wall time is shorter. "
+                        "Tokens/s: generated tokens over part-seconds."]  # fmt: skip
 
 
 def benchmarks_section(settings: Settings, study: Study) -> list[str]:

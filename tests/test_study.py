@@ -5,15 +5,17 @@ nothing, a run without adapters that says why its tuned row is missing, and a fa
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from r4ec import layout
 from r4ec.config import Settings
-from r4ec.study import BENCHMARKS, JOURNAL, Study, plan
+from r4ec.study import BENCHMARKS, INTERRUPTED, JOURNAL, Study, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,6 +68,24 @@ def test_a_failing_step_stops_the_study_and_the_page_says_so(tmp_path):
     assert "**Stopped**: `r4ec data load --data-dir" in page and "exited with 2" in page
     journal = [json.loads(line) for line in (tmp_path / "reports" / "ml-1m" / JOURNAL).read_text().splitlines()]
     assert [(e["command"].split()[1:3], e["exit"]) for e in journal] == [(["data", "load"], 2)]
+
+
+@pytest.mark.integration
+def test_an_interrupted_study_journals_the_command_it_stopped(tmp_path, downloads):
+    (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
+    out, journal = tmp_path / "RESULTS.md", tmp_path / "reports" / "ml-100k" / JOURNAL
+    script = REPO / "benchmarks" / "run_all.py"
+    study = subprocess.Popen([sys.executable, str(script), "--data-dir", str(tmp_path), "--out", str(out)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (journal.is_file() and journal.read_text().count("\n") == 1) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until `data load` is done and `marts build` (dbt, seconds) has begun
+    time.sleep(1)
+    study.send_signal(signal.SIGTERM)
+    assert study.wait(timeout=120) == 130
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [(e["command"].split()[1:3], e["exit"]) for e in entries] == [(["data", "load"], 0), (["marts", "build"], INTERRUPTED)]
+    assert "**Interrupted** during `r4ec marts build --data-dir" in out.read_text()
 
 
 @pytest.mark.integration

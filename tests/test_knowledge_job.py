@@ -84,8 +84,8 @@ def test_a_rerun_makes_zero_llm_calls(ml1m, tiny_model, tmp_path):
 
 def test_other_settings_need_overwrite(ml1m, tiny_model, tmp_path):
     generate_knowledge(settings_for(ml1m, tmp_path, tiny_model, limit=4), "user")
-    changed = settings_for(ml1m, tmp_path, tiny_model, limit=4, rounds=2)
-    with pytest.raises(KnowledgeError, match=r"other inputs or settings \(rounds\): pass --overwrite"):
+    changed = settings_for(ml1m, tmp_path, tiny_model, limit=4, max_new_tokens=6)  # (more rounds: a run of its own)
+    with pytest.raises(KnowledgeError, match=r"other inputs or settings \(max_new_tokens\): pass --overwrite"):
         generate_knowledge(changed, "user")
     assert generate_knowledge(changed, "user", overwrite=True).parts_run == 1
 

@@ -105,7 +105,8 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     costs = [line for line in page.splitlines() if line.startswith("| single-sample2 |")]
     assert [line.split(" | ")[1:3] for line in costs] == [["user", "2"], ["item", "2"]]
     assert "- `iterative-tuned`: not run: no adapter at" in page
-    probe = [line for line in page.splitlines() if line.startswith("| single_sample2 |")]  # the knowledge alone
+    alone = page.split("## What the knowledge holds on its own")[1].split("\n## ")[0]
+    probe = [line for line in alone.splitlines() if line.startswith("| single-sample2 |")]
     assert len(probe) == 1 and all(0 <= float(auc) <= 1 for auc in probe[0].strip(" |").split(" | ")[-3:])
     assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "8 commands" in page
     bench = page.split("### training_throughput")[1].split("## Commands")[0]  # the benchmark on the study's data, as it printed it

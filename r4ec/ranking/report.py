@@ -254,7 +254,8 @@ def write_probe(training_dir: Path, out_dir: Path, dataset: str) -> Path | None:
     sets = [p for p in sorted(training_dir.glob("*.parquet")) if "user_knowledge_vector" in pq.read_schema(p).names]
     if not sets:
         return None
-    results = {path.stem: probe_training_set(path, out_dir / "probe") for path in sets}
+    names = {path: KnowledgeRun.parse(path.stem) for path in sets}  # the service's run, named as its folder
+    results = {(names[p].folder if names[p] else p.stem): probe_training_set(p, out_dir / "probe") for p in sets}
     path = out_dir / "knowledge_probe.md"
     path.write_text(probe_markdown(results, dataset) + "\n")
     return path

@@ -55,6 +55,12 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
 
 
+def rows_of(page: str, heading: str, start: str) -> list[str]:
+    """The table rows starting with `start` in the page's section under `heading`."""
+    section = page.split(heading)[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if line.startswith(start)]
+
+
 def run_all(*args: str) -> subprocess.CompletedProcess:
     script = REPO / "benchmarks" / "run_all.py"
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO)
@@ -102,11 +108,10 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     assert "| DCN | Base | 1 |" in page and "|  | single (KAR/R2ec), sample 2 [k1] | 1 |" in page
     assert "In progress" not in page and "Stopped" not in page
     assert (out.parent / "table2.png").stat().st_size > 0
-    costs = [line for line in page.splitlines() if line.startswith("| single-sample2 |")]
+    costs = rows_of(page, "## Knowledge runs: what they hold and what they cost", "| single-sample2 |")
     assert [line.split(" | ")[1:3] for line in costs] == [["user", "2"], ["item", "2"]]
     assert "- `iterative-tuned`: not run: no adapter at" in page
-    alone = page.split("## What the knowledge holds on its own")[1].split("\n## ")[0]
-    probe = [line for line in alone.splitlines() if line.startswith("| single-sample2 |")]
+    probe = rows_of(page, "## What the knowledge holds on its own", "| single-sample2 |")
     assert len(probe) == 1 and all(0 <= float(auc) <= 1 for auc in probe[0].strip(" |").split(" | ")[-3:])
     assert "r4ec knowledge generate --strategy single --limit 2 --data-dir" in page and "8 commands" in page
     bench = page.split("### training_throughput")[1].split("## Commands")[0]  # the benchmark on the study's data, as it printed it
@@ -120,5 +125,5 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     assert second.returncode == 0, second.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in parts + runs} == before  # nothing generated, encoded or trained again
     again = out.read_text()
-    assert [line for line in again.splitlines() if line.startswith("| single-sample2 |")] == costs
+    assert rows_of(again, "## Knowledge runs: what they hold and what they cost", "| single-sample2 |") == costs
     assert "16 commands" in again and again.split("### training_throughput")[1].split("## Commands")[0] == bench  # measured once

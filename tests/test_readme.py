@@ -47,8 +47,8 @@ EXCLUDED = {
     "runs it on held-out ml-100k users with the tiny model and two adapters it writes",
     ".venv/bin/r4ec marts build --dataset ml-1m": "needs the ml-1m load above; dbt on ml-1m-format data is tested by "
     "tests/test_marts.py (the ml1m fixture)",
-    ".venv/bin/python benchmarks/run_all.py": "the whole study: hours of LLM generation and 66 training runs per "
-    "knowledge run; tests/test_study.py runs the same command end to end on a sample, twice",
+    ".venv/bin/python benchmarks/run_all.py": "the whole study: hours of LLM generation, 24 training runs for Base and "
+    "21 per knowledge run; tests/test_study.py runs the same command end to end on a sample, twice",
     ".venv/bin/python benchmarks/run_all.py --limit 20 --seeds 1 --benchmarks": "every backbone on four knowledge runs; "
     "tests/test_study.py runs the same command with --limit 2 and one backbone, twice, and on a failing step",
 }

@@ -303,7 +303,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
 
     registered: list[str] = []
-    service = KnowledgeRun.of(settings).service
+    run = KnowledgeRun.of(settings)  # with adapters, iterative-tuned: never the base models' run
+    service = run.service
 
     def features() -> str:
         services = registered[:] = apply(settings)
@@ -325,8 +326,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         from r4ec.ranking.report import write_dataset_report
 
         torch.set_num_threads(1)
-        knowledge = KnowledgeRun.of(settings).name  # iterative-tuned with adapters: never the base models' run
-        configs = train_configs(settings, ["lr", "din"], ["none", knowledge] if service in registered else ["none"])
+        configs = train_configs(settings, ["lr", "din"], ["none", run.name] if service in registered else ["none"])
         run_experiments(settings, configs)
         report = write_dataset_report(settings)
         aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)

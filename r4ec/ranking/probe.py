@@ -27,10 +27,17 @@ PROBE_VERSION = "r4ec-probe-v1"  # change when the features or the fit change: c
 L2 = 1e-4
 
 
-def features(table: pa.Table, view: str, width: int) -> np.ndarray:
+Vectors = dict[str, tuple[np.ndarray, np.ndarray]]  # entity -> ([rows, D] vectors, [rows] present)
+
+
+def vectors(table: pa.Table, width: int) -> Vectors:
+    """Both entities' knowledge vectors of a split, read once for all three views."""
+    return {entity: vector_column(table, f"{entity}_knowledge_vector", width) for entity in ("user", "item")}
+
+
+def features(found: Vectors, view: str) -> np.ndarray:
     """[rows, F] float32: the view's vectors, their product for `both`, and a present flag per vector."""
-    user, has_user = vector_column(table, "user_knowledge_vector", width)
-    item, has_item = vector_column(table, "item_knowledge_vector", width)
+    (user, has_user), (item, has_item) = found["user"], found["item"]
     parts = {"user": [user, has_user[:, None]], "item": [item, has_item[:, None]],
              "both": [user, item, user * item, has_user[:, None], has_item[:, None]]}[view]  # fmt: skip
     return np.concatenate([p.astype(np.float32) for p in parts], axis=1)
@@ -68,13 +75,14 @@ def probe(table: pa.Table) -> dict:
         result[f"test_with_{entity}_vector"] = _present(test, entity)
     lengths = [pc.drop_null(pc.list_value_length(table.column(f"{e}_knowledge_vector"))) for e in ("user", "item")]
     width = next((column[0].as_py() for column in lengths if len(column)), 0)
+    found = {"train": vectors(train, width), "test": vectors(test, width)} if width else {}
     for view in VIEWS:
         if not width or not all(result[f"train_with_{entity}_vector"] for entity in ENTITIES_OF[view]):
             result[view] = None
             continue
-        model = fit(features(train, view, width), label_column(train))
+        model = fit(features(found["train"], view), label_column(train))
         with torch.no_grad():
-            logits = model(torch.from_numpy(features(test, view, width))).squeeze(1)
+            logits = model(torch.from_numpy(features(found["test"], view))).squeeze(1)
         result[view] = metrics(label_column(test), torch.sigmoid(logits).numpy().astype(np.float64))
     return result
 

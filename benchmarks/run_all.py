@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run_all.py                       # the full study: hours on a 2-core machine
     .venv/bin/python benchmarks/run_all.py --limit 20 --seeds 1  # its shape in minutes, on a sample
+    .venv/bin/python benchmarks/run_all.py --archive DIR         # on machines whose disks do not last: continue from DIR
 
 Each step is an `r4ec` command that skips or resumes what is already done with the same inputs; run this again
 after an interruption and it continues. Every command, with its time and exit status, is journalled in
@@ -34,12 +35,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"), help="default: %(default)s")
     parser.add_argument("--benchmarks", nargs="*", choices=BENCHMARKS, default=list(BENCHMARKS),
                         help="speed benchmarks run last, once (default: all of them; none: --benchmarks)")  # fmt: skip
+    parser.add_argument("--archive", type=Path, metavar="DIR",
+                        help="a folder that outlives this machine: restore the study's costly outputs from it first "
+                             "and save them to it after every command (r4ec/archive.py)")  # fmt: skip
     args = parser.parse_args()
     common = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
               *(["--dataset", args.dataset] if args.dataset else [])]  # fmt: skip
     overrides = {k: v for k, v in {"data_dir": args.data_dir, "dataset": args.dataset}.items() if v is not None}
     study = Study(tuple(common), tuple(args.knowledge), tuple(args.backbones), tuple(args.seeds), args.limit,
-                  args.epochs, args.out, tuple(args.benchmarks))  # fmt: skip
+                  args.epochs, args.out, tuple(args.benchmarks), args.archive)  # fmt: skip
     return run(study, Settings(**overrides))
 
 

@@ -11,6 +11,8 @@ asks here instead of assembling another stage's folder names.
     DATA_DIR/models/artifacts/DATASET/<training run>/              trained CTR models
     DATA_DIR/models/artifacts/DATASET/PUBLISHED.json               the run that serves (+ publish_history.jsonl)
     DATA_DIR/models/artifacts/DATASET/published/<digest>/<run>/    snapshots of published runs
+    DATA_DIR/reports/DATASET/                                      Table 2 and the study's journal and benchmarks
+    DATA_DIR/cache/answers.sqlite                                  every LLM answer (r4ec.knowledge.cache)
 
 A knowledge run is a strategy on all entities (`iterative`) or on a seeded sample of N of them
 (`iterative-sample20`), by the base models or with LoRA adapters (`iterative-tuned`, `iterative-tuned-sample20`), with
@@ -193,3 +195,45 @@ def publish_history_path(settings: Settings) -> Path:
 
 def vector_cache_path(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "cache" / "vectors.sqlite"
+
+
+STUDY_JOURNAL = "study-journal.jsonl"  # every command the study ran, in the reports folder
+
+
+def study_journal_path(settings: Settings) -> Path:
+    return settings.reports_dir / STUDY_JOURNAL
+
+
+def benchmarks_dir(settings: Settings) -> Path:
+    """The study's speed benchmarks, `<name>.md` each, as they printed."""
+    return settings.reports_dir / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A kind of folder worth keeping beyond one machine (`r4ec.archive`): where such folders are (a glob relative to
+    DATA_DIR), which of their files, and the file whose presence says one is finished (None: any of them)."""
+
+    folders: str
+    files: tuple[str, ...]
+    finished: str | None = None
+
+
+def kept(settings: Settings) -> tuple[Kept, ...]:
+    """What took an LLM or a training run hours to make. Vectors, training sets, Feast and the marts are minutes to
+    rebuild from these and the raw data, and are left out."""
+    root = settings.data_dir.resolve()
+
+    def at(path: Path, *more: str) -> str:
+        return str(path.relative_to(root).joinpath(*more))
+
+    return (
+        Kept(at(settings.knowledge_dir, "*", "*_knowledge"), (MANIFEST, REFRESH_MANIFESTS, "part-*.parquet")),
+        Kept(at(construction_dir(settings)), (MANIFEST, "part-*.parquet")),
+        Kept(at(sft_dir(settings)), ("*.jsonl", "card.json"), "card.json"),
+        Kept(at(adapter_dir(settings, "*")), ("training.json", "adapter/*"), "adapter/adapter_config.json"),
+        Kept(at(evaluation_dir(settings, "*")), ("evaluation.*", "outcomes.jsonl"), "evaluation.json"),
+        Kept(at(settings.artifacts_dir, "*"), ("*",), "metrics.json"),  # finished training runs, not `published/`
+        Kept(at(settings.reports_dir), (STUDY_JOURNAL,)),
+        Kept(at(benchmarks_dir(settings)), ("*.md",)),
+    )

@@ -1,6 +1,6 @@
 """The study (`benchmarks/run_all.py`, r4ec/study.py): its commands, and the real thing end to end on a sample of
-real ml-100k with the one-layer Llama: the results page from what the runs recorded, a second run that redoes
-nothing, a run without adapters that says why its tuned row is missing, and a failing step that stops the study."""
+real ml-100k with the one-layer Llama: the results page from what the runs recorded, a second run on a fresh data dir
+that continues from the archive and redoes nothing, a run without adapters that says why its tuned row is missing, and a failing step that stops the study."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from r4ec import layout
+from r4ec import layout, study
 from r4ec.config import Settings
-from r4ec.study import BENCHMARKS, INTERRUPTED, JOURNAL, Study, plan
+from r4ec.layout import STUDY_JOURNAL
+from r4ec.study import BENCHMARKS, INTERRUPTED, Study, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,6 +56,14 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
 
 
+def test_a_long_command_is_saved_from_while_it_runs(monkeypatch):
+    """A machine may go in the middle of a three-hour command: the archive is saved every SAVE_EVERY_S meanwhile."""
+    monkeypatch.setattr(study, "SAVE_EVERY_S", 0.05)
+    saves = []
+    assert study._run_command(["knowledge", "generate", "--help"], lambda: saves.append(time.monotonic())) == 0
+    assert len(saves) >= 2  # the r4ec command takes seconds to start
+
+
 def rows_of(page: str, heading: str, start: str) -> list[str]:
     """The table rows starting with `start` in the page's section under `heading`."""
     section = page.split(heading)[1].split("\n## ")[0]
@@ -72,14 +81,14 @@ def test_a_failing_step_stops_the_study_and_the_page_says_so(tmp_path):
     assert done.returncode == 2
     page = out.read_text()
     assert "**Stopped**: `r4ec data load --data-dir" in page and "exited with 2" in page
-    journal = [json.loads(line) for line in (tmp_path / "reports" / "ml-1m" / JOURNAL).read_text().splitlines()]
+    journal = [json.loads(line) for line in (tmp_path / "reports" / "ml-1m" / STUDY_JOURNAL).read_text().splitlines()]
     assert [(e["command"].split()[1:3], e["exit"]) for e in journal] == [(["data", "load"], 2)]
 
 
 @pytest.mark.integration
 def test_an_interrupted_study_journals_the_command_it_stopped(tmp_path, downloads):
     (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
-    out, journal = tmp_path / "RESULTS.md", tmp_path / "reports" / "ml-100k" / JOURNAL
+    out, journal = tmp_path / "RESULTS.md", tmp_path / "reports" / "ml-100k" / STUDY_JOURNAL
     script = REPO / "benchmarks" / "run_all.py"
     study = subprocess.Popen([sys.executable, str(script), "--data-dir", str(tmp_path), "--out", str(out)], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -95,14 +104,19 @@ def test_an_interrupted_study_journals_the_command_it_stopped(tmp_path, download
 
 
 @pytest.mark.integration
-def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp_path, downloads, tiny_model, monkeypatch):
-    (tmp_path / "downloads").symlink_to(downloads, target_is_directory=True)
+def test_the_study_end_to_end_on_a_sample_then_continued_on_a_fresh_data_dir(tmp_path, downloads, tiny_model, monkeypatch):
+    """The second run stands for the next machine: a new data dir, the same archive. It generates and trains nothing
+    (the restored parts and runs are the first run's, byte for byte) and its page is the first one's, 16 commands on."""
+    first_dir, fresh_dir, store = tmp_path / "first", tmp_path / "fresh", tmp_path / "archive"
+    for data in (first_dir, fresh_dir):
+        data.mkdir()
+        (data / "downloads").symlink_to(downloads, target_is_directory=True)
     for name, value in {"BACKEND": "transformers", "MODEL": str(tiny_model), "DTYPE": "float32", "MAX_NEW_TOKENS": "8"}.items():
         monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
     out = tmp_path / "results" / "RESULTS.md"
-    args = ["--data-dir", str(tmp_path), "--knowledge", "single", "iterative-tuned", "--backbones", "dcn", "--seeds", "1",
-            "--limit", "2", "--epochs", "1", "--out", str(out), "--benchmarks", "training_throughput"]  # fmt: skip
-    first = run_all(*args)
+    args = ["--knowledge", "single", "iterative-tuned", "--backbones", "dcn", "--seeds", "1", "--limit", "2",
+            "--epochs", "1", "--out", str(out), "--benchmarks", "training_throughput", "--archive", str(store)]  # fmt: skip
+    first = run_all("--data-dir", str(first_dir), *args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     page = out.read_text()
     assert "| DCN | Base | 1 |" in page and "|  | single (KAR/R2ec), sample 2 [k1] | 1 |" in page
@@ -117,13 +131,15 @@ def test_the_study_end_to_end_on_a_sample_and_again_without_redoing_anything(tmp
     bench = page.split("### training_throughput")[1].split("## Commands")[0]  # the benchmark on the study's data, as it printed it
     assert "| dcn | none | 1 |" in bench and "`python benchmarks/training_throughput.py`" in page
 
-    parts = sorted((tmp_path / "knowledge" / "ml-100k" / "single-sample2").rglob("*.parquet"))
-    runs = sorted((tmp_path / "models" / "artifacts" / "ml-100k").glob("*/metrics.json"))
-    assert len(runs) == 2 and len(parts) >= 4  # knowledge and vectors, user and item
-    before = {p: p.stat().st_mtime_ns for p in parts + runs}
-    second = run_all(*args)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert {p: p.stat().st_mtime_ns for p in parts + runs} == before  # nothing generated, encoded or trained again
+    made = sorted((first_dir / "knowledge" / "ml-100k" / "single-sample2").glob("*_knowledge/*.parquet"))
+    made += sorted((first_dir / "models" / "artifacts" / "ml-100k").glob("*/*.json"))
+    assert len(made) >= 2 + 2 * 3  # user and item parts; two training runs' config, metrics and vocabulary
+    second = run_all("--data-dir", str(fresh_dir), *args)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "archive: restored 6 folders" in second.stdout  # user and item knowledge, two training runs, journal, benchmark
+    for path in made:  # nothing generated or trained again: what the first run made, as it made it
+        assert (fresh_dir / path.relative_to(first_dir)).read_bytes() == path.read_bytes(), path
     again = out.read_text()
     assert rows_of(again, "## Knowledge runs: what they hold and what they cost", "| single-sample2 |") == costs
+    assert rows_of(again, "## Table 2", "| DCN |") == rows_of(page, "## Table 2", "| DCN |")
     assert "16 commands" in again and again.split("### training_throughput")[1].split("## Commands")[0] == bench  # measured once

@@ -184,8 +184,11 @@ def _complete_files(settings: Settings, view) -> list[Path]:
 
 def service_fingerprint(settings: Settings, service: str) -> str:
     """What a training set from `service` is built from: the content of the CTR samples and of every source file
-    of its views, and the views' names and fields."""
-    files = {str(path): fingerprint.of_file(path) for path in service_sources(settings, service)}
+    of its views, and the views' names and fields. Files are named relative to the data dir: the same data in
+    another data dir (restored from an archive on another machine) is the same training set."""
+    root = settings.data_dir.resolve()
+    files = {str(path.relative_to(root) if path.is_relative_to(root) else path): fingerprint.of_file(path)
+             for path in service_sources(settings, service)}  # fmt: skip
     projections = feature_store(settings).get_feature_service(service).feature_view_projections
     features = {p.name: sorted(f.name for f in p.features) for p in projections}
     return fingerprint.of_json({"service": service, "features": features, "files": files})

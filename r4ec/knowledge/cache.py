@@ -59,14 +59,20 @@ class KeyValueStore:
             found.update((key, tuple(values)) for key, *values in rows)
         return found
 
-    def put_many(self, items: dict[str, tuple]) -> None:
-        marks = ", ".join("?" * (self.width + 1))
+    def put_many(self, items: dict[str, tuple], replace: bool = True) -> None:
+        """Store the items; with replace False, a key already held keeps its value."""
+        marks, verb = ", ".join("?" * (self.width + 1)), "insert or replace" if replace else "insert or ignore"
         with self._lock:
             self._db.executemany(
-                f"insert or replace into {self.table} values ({marks})",
+                f"{verb} into {self.table} values ({marks})",
                 [(key, *values) for key, values in items.items()],
             )
             self._db.commit()
+
+    def items(self) -> list[tuple]:
+        """Every row, (key, *values), in key order."""
+        with self._lock:
+            return self._db.execute(f"select * from {self.table} order by key").fetchall()
 
     def __len__(self) -> int:
         return self._db.execute(f"select count(*) from {self.table}").fetchone()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import shutil
 
 import pytest
@@ -17,6 +18,8 @@ from r4ec.knowledge.backends import (
     VllmBackend,
     adapter_names,
     build_backend,
+    parse_choice_reply,
+    starts_choice,
 )  # fmt: skip
 from r4ec.knowledge.job import loop_config
 from r4ec.knowledge.loop import run_loop
@@ -220,3 +223,38 @@ def test_another_reflector_model_judges_and_is_named_in_the_rows(tiny_model, tmp
     run_loop(actor, [user], loop_config(settings, "user"), reflector)
     assert judging["reflector"] and all(judging["reflector"])
     assert judging["actor"] and not any(judging["actor"])
+
+
+@pytest.mark.parametrize(("token", "choices", "expected"), [
+    ("yes", ("yes", "no"), "yes"), (" Yes", ("yes", "no"), "yes"), ("Y", ("yes", "no"), "yes"), ("No", ("yes", "no"), "no"),
+    (" ", ("yes", "no"), None), ("maybe", ("yes", "no"), None), ("reason", ("reasonable", "not reasonable"), "reasonable"),
+    ("Not", ("reasonable", "not reasonable"), "not reasonable"), ("no", ("no", "not reasonable"), None),
+])  # fmt: skip
+def test_a_next_token_counts_for_the_one_choice_it_begins(token, choices, expected):
+    assert starts_choice(token, choices) == expected  # a token that begins two choices counts for neither
+
+
+def test_choices_are_scored_from_the_next_token_distribution_alone_or_padded_in_a_batch(tiny_model):
+    """The random model's own likeliest next tokens as the choices, so that they get probability; the short prompt
+    is left-padded in the batch and must score as it does alone."""
+    import torch
+
+    backend = TransformersBackend(str(tiny_model), dtype="float32", batch_size=2)
+    short, long = [Request.chat([{"role": "user", "content": text}]) for text in (
+        "Will they like it?", "They rated ten comedies five stars and every drama one star. Will they like a comedy?")]  # fmt: skip
+    ids = backend.tokenizer(backend._prompt(short, "<prediction>"), return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        top = torch.softmax(backend.model(ids).logits[0, -1].float(), dim=-1).topk(20)  # what a server reports
+    words = list(dict.fromkeys(w for w in (backend.tokenizer.decode([i]).strip().lower() for i in top.indices.tolist()) if w))
+    choices = next((a, b) for a in words for b in words if a != b and not a.startswith(b) and not b.startswith(a))
+    begun = [starts_choice(backend.tokenizer.decode([i]), choices) for i in top.indices.tolist()]
+    first, second = (sum(p for p, c in zip(top.values.tolist(), begun) if c == wanted) for wanted in choices)
+
+    together = backend.generate([short, long], GenerationConfig(prefix="<prediction>", choices=choices))
+
+    probabilities = json.loads(together[0].text)
+    assert list(probabilities) == list(choices) and sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert probabilities[choices[0]] == pytest.approx(first / (first + second), abs=1e-4)  # padded as alone
+    assert together[0].tokens_out == 0 and together[0].tokens_in == ids.shape[1]
+    assert parse_choice_reply(together[0].text, choices[1]) == probabilities[choices[1]]
+    assert parse_choice_reply("not json", "yes") is None and parse_choice_reply('{"yes": null}', "yes") is None

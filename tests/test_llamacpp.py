@@ -17,7 +17,7 @@ import pytest
 from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
-from r4ec.knowledge.backends import SMOLLM2, BackendError, LlamaCppBackend, Request
+from r4ec.knowledge.backends import SMOLLM2, BackendError, GenerationConfig, LlamaCppBackend, Request
 from r4ec.knowledge.job import generate_knowledge, loop_config
 from r4ec.knowledge.parsing import parse_judgement
 from r4ec.layout import MANIFEST
@@ -68,6 +68,28 @@ def test_reflect_reuses_the_reason_prefix_and_always_gives_a_verdict(server):
     assert reflect.tokens_reused >= reason.tokens_in - 5 and reflect.tokens_in > reason.tokens_in
     reasonable, feedback = parse_judgement(reflect.text)
     assert reasonable is not None and feedback  # the grammar holds the reply to a verdict and a reflection
+
+
+def test_llama_cpp_scores_choices_as_transformers_does(server, tmp_path):
+    """A construction's like / dislike prediction and a verdict, scored by both engines from SmolLM2's next-token
+    distribution: llama.cpp serves it in F16 and looks among its top candidates, transformers in float32 over the
+    whole vocabulary."""
+    from r4ec.knowledge.backends import TransformersBackend, parse_choice_reply
+
+    target = {"item_id": "50", "title": "Star Wars", "release_year": 1977, "category": "Action"}
+    answered = prompts.answered_chat("user", "movies", USER, "Likes animation, dislikes crime dramas.", target)
+    asks = [
+        (prompts.predict_chat(answered, "user", "movies"), GenerationConfig(prefix="<prediction>", choices=("yes", "no"))),
+        (prompts.reflect_chat("user", "movies", USER, "Likes animation, dislikes crime dramas."),
+         GenerationConfig(prefix="<judgement>", choices=("reasonable", "not reasonable"))),
+    ]  # fmt: skip
+    local = TransformersBackend(SMOLLM2, tmp_path / "models", "float32")
+    for chat, config in asks:
+        (served,) = backend_of(server).generate([Request.chat(chat)], config)
+        (expected,) = local.generate([Request.chat(chat)], config)
+        first = config.choices[0]
+        assert served.tokens_out <= 1 and 0 < parse_choice_reply(served.text, first) < 1
+        assert parse_choice_reply(served.text, first) == pytest.approx(parse_choice_reply(expected.text, first), abs=0.03)
 
 
 STARTS_A_SERVER = """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 
 import pytest
@@ -17,7 +18,7 @@ from r4ec.config import Settings
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import Generation, Request, TransformersBackend
 from r4ec.knowledge.cache import AnswerCache, answer_key
-from r4ec.tuning.evaluate import binary_auc, bootstrap, metrics
+from r4ec.tuning.evaluate import auc, bootstrap, metrics
 from r4ec.tuning.job import teacher_config
 from r4ec.tuning.samples import held_out_samples, held_out_users
 
@@ -42,8 +43,20 @@ def test_the_figures_count_what_they_say():
     # of the judged: wrong ones rejected 1 of 2 (TPR 0.5), right ones accepted 1 of 2 (TNR 0.5)
     assert m["auc_rejection_wrong"] == 0.5
     assert (m["refined"], m["wrong_to_right"], m["right_to_wrong"]) == (2, 1, 1)
-    assert binary_auc([True, True, False], [True, True, False]) == 1.0
-    assert binary_auc([True], [True]) is None  # one class only: no AUC
+    assert auc([True, True, False], [True, True, False]) == 1.0
+    assert auc([True], [True]) is None  # one class only: no AUC
+
+
+def test_the_auc_of_a_probability_counts_pairs_ranked_right_and_ties_half():
+    rng = random.Random(3)
+    scores = [round(rng.random(), 1) for _ in range(300)]  # rounded: many ties
+    positives = [rng.random() < s for s in scores]
+    pairs = [(p, n) for p, y in zip(scores, positives) if y for n, z in zip(scores, positives) if not z]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert auc(scores, positives) == pytest.approx(expected, abs=1e-12)
+    assert auc([0.9, 0.8, 0.3, 0.1], [True, False, True, False]) == 0.75
+    rows = [row(str(u), True) | {"p_like": u / 10, "label": int(u > 4)} for u in range(10)]
+    assert metrics(rows)["auc_p_like"] == 1.0 and metrics(rows)["auc_p_rejection_wrong"] is None  # no verdict scored
 
 
 def test_bootstrap_intervals_resample_users_and_pair_the_arms():
@@ -97,6 +110,10 @@ def seed_tuned_replies(settings: Settings, tiny_model) -> str:
         (refine, "actor", cfg.refine(), "<refined>likes dramas</refined>"),
         (prompts.predict_chat(refine + [{"role": "assistant", "content": "<refined>likes dramas</refined>"}], "user", "movies"),
          "actor", cfg.predict(), f"<prediction>{wrong}</prediction>"),
+        (prompts.predict_chat(answered, "user", "movies"), "actor", cfg.scored(cfg.predict(), ("yes", "no")),
+         '{"yes": 0.9, "no": 0.1}'),
+        (prompts.reflect_chat(*args, "likes comedies"), "reflector",
+         cfg.scored(cfg.reflect(), ("reasonable", "not reasonable")), '{"reasonable": 0.2, "not reasonable": 0.8}'),
     ]  # fmt: skip
     AnswerCache(settings.answer_cache_path).put_many(
         {answer_key(model_id, Request.chat(chat, adapter), gen): Generation(reply, 10, 5) for chat, adapter, gen, reply in replies}
@@ -123,6 +140,7 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     assert {o["user_id"] for o in outcomes} == held_out
     ours = next(o for o in by_arm["tuned"] if o["sample_id"] == seeded)
     assert (ours["correct"], ours["verdict"], ours["refined_correct"], ours["llm_calls"]) == (True, "not reasonable", False, 0)
+    assert (ours["p_like"], ours["p_reasonable"]) == (0.9, 0.2)  # both scored, as the actor and the reflector
     assert ours["answer_words"] == 2  # "likes comedies"
     figures = json.loads((out / "evaluation.json").read_text())
     assert figures["arms"]["tuned"]["right_to_wrong"] >= 1

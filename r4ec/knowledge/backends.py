@@ -10,6 +10,7 @@ openai        any OpenAI-compatible chat endpoint (`vllm serve`, a teacher model
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import threading
@@ -43,6 +44,9 @@ class GenerationConfig:
     prefix: str = ""  # the reply starts with this (e.g. an opening tag): keeps small models in the format
     stop: tuple[str, ...] = ()  # end the reply after any of these (e.g. a closing tag); kept in the text
     grammar: str | None = None  # GBNF the reply (after the prefix) must follow: llama.cpp; the others ignore it
+    # score these instead of generating: the reply is the JSON of each one's share of the probability that the
+    # next token after the prefix begins it, among the model's TOP_LOGPROBS most likely tokens before any sampling
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,32 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     """The text up to and including the first stop string (a stopped batch-mate may run a few tokens past it)."""
     ends = [text.find(s) + len(s) for s in stop if s in text]
     return text[: min(ends)] if ends else text
+
+
+TOP_LOGPROBS = 20  # the next-token candidates a choice is looked for among (OpenAI's API returns at most 20)
+
+
+def starts_choice(token: str, choices: Sequence[str]) -> str | None:
+    """The one choice a next token begins (case and surrounding spaces aside: "Yes", " yes" begin "yes"); None if it
+    begins none or several."""
+    start = token.strip().lower()
+    begun = [c for c in choices if start and c.lower().startswith(start)]
+    return begun[0] if len(begun) == 1 else None
+
+
+def choice_reply(masses: dict[str, float]) -> str:
+    """`{"yes": 0.7, "no": 0.3}`: each choice's share of the probability the choices got (null if they got none)."""
+    total = sum(masses.values())
+    return json.dumps({c: (round(m / total, 6) if total > 0 else None) for c, m in masses.items()})
+
+
+def parse_choice_reply(text: str, choice: str) -> float | None:
+    """The probability of `choice` in a `choice_reply`, or None (no choice had any probability, or not such a reply)."""
+    try:
+        value = json.loads(text).get(choice)
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 # ---- transformers ----------------------------------------------------------------------------------------------------
@@ -155,23 +185,53 @@ class TransformersBackend:
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
                 texts, batch_seeds = [prompts[i] for i in batch], [seeds[i] for i in batch]
-                for index, generation in zip(batch, self._generate_batch(texts, batch_seeds, adapter, config)):
+                if config.choices:
+                    done = self._score_batch(texts, adapter, config.choices)
+                else:
+                    done = self._generate_batch(texts, batch_seeds, adapter, config)
+                for index, generation in zip(batch, done):
                     results[index] = generation
                     if on_result:
                         on_result(generation)
         return results  # type: ignore[return-value]
 
+    def _use_adapter(self, adapter: str | None):
+        """Set the request's adapter; the context to run the model in (the base model: adapters disabled)."""
+        import contextlib
+
+        if adapter is not None and adapter not in self.adapters:
+            raise BackendError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
+        if self.adapters and adapter is not None:
+            self.model.set_adapter(adapter)
+        return self.model.disable_adapter() if self.adapters and adapter is None else contextlib.nullcontext()
+
+    def _score_batch(self, prompts: list[str], adapter: str | None, choices: tuple[str, ...]) -> list[Generation]:
+        """One forward pass: the next-token distribution at each prompt's end; of its TOP_LOGPROBS most likely tokens,
+        those that begin a choice count for it (as the HTTP engines report them)."""
+        import torch
+
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        positions = (encoded.attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: a row's text starts at 0
+        with torch.inference_mode(), self._use_adapter(adapter):
+            logits = self.model(**encoded, position_ids=positions).logits[:, -1, :]  # (batch, vocab)
+        top = torch.softmax(logits.float(), dim=-1).topk(TOP_LOGPROBS, dim=-1)  # (batch, TOP_LOGPROBS) each
+        generations = []
+        for probabilities, ids, mask in zip(top.values.tolist(), top.indices.tolist(), encoded.attention_mask):
+            masses = dict.fromkeys(choices, 0.0)
+            for probability, token_id in zip(probabilities, ids):
+                choice = starts_choice(self.tokenizer.decode([token_id]), choices)
+                if choice:
+                    masses[choice] += probability
+            generations.append(Generation(choice_reply(masses), int(mask.sum()), 0))
+        return generations
+
     def _generate_batch(
         self, prompts: list[str], seeds: list[int], adapter: str | None, config: GenerationConfig
     ) -> list[Generation]:
-        import contextlib
-
         import torch
 
         from r4ec.knowledge.sampling import PerRequestSampler
 
-        if adapter is not None and adapter not in self.adapters:
-            raise BackendError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self.adapters) or 'none'})")
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         # always greedy over the processed scores; sampling is the per-request Gumbel noise of PerRequestSampler
         options = {"do_sample": False, "max_new_tokens": config.max_new_tokens, "temperature": None, "top_p": None,
@@ -181,10 +241,7 @@ class TransformersBackend:
             options.update(stop_strings=list(config.stop), tokenizer=self.tokenizer)
         if config.temperature > 0:
             options["logits_processor"] = [PerRequestSampler(seeds, config.temperature, config.top_p, self.device)]
-        if self.adapters and adapter is not None:
-            self.model.set_adapter(adapter)
-        no_adapter = self.model.disable_adapter() if self.adapters and adapter is None else contextlib.nullcontext()
-        with torch.inference_mode(), no_adapter:
+        with torch.inference_mode(), self._use_adapter(adapter):
             output = self.model.generate(**encoded, **options)
         new_tokens = output[:, encoded.input_ids.shape[1] :]
         enders = torch.tensor([self.tokenizer.eos_token_id, self.tokenizer.pad_token_id], device=self.device)
@@ -217,6 +274,9 @@ class VllmBackend:
     ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
+
+        if config.choices:
+            raise BackendError("the vllm backend does not score choices: use transformers, llama.cpp or openai")
 
         params = [
             SamplingParams(
@@ -286,6 +346,8 @@ class OpenAIBackend:
         }
         if config.stop:
             body["stop"] = list(config.stop)
+        if config.choices:  # one token, and the candidates for it with their log-probabilities
+            body.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
         if config.prefix:  # vLLM's (and llama.cpp's) way to continue a started reply; disable `prefill` for others
             body["messages"].append({"role": "assistant", "content": config.prefix})
             body.update(add_generation_prompt=False, continue_final_message=True)
@@ -323,13 +385,31 @@ class OpenAIBackend:
                 f"{self.base_url}: HTTP {response.status_code} but the body is not a chat completion: "
                 f"{response.text[:200]!r}"
             ) from None
-        if config.prefix and not text.lstrip().startswith(config.prefix.strip()):
-            text = config.prefix + text
-        text = cut_at_stop(text, config.stop)
+        if config.choices:
+            text = choice_reply(self._choice_masses(payload, config.choices))
+        elif config.prefix and not text.lstrip().startswith(config.prefix.strip()):
+            text = cut_at_stop(config.prefix + text, config.stop)
+        else:
+            text = cut_at_stop(text, config.stop)
         reused = int((payload.get("timings") or {}).get("cache_n", 0))  # llama.cpp: prompt tokens its cache held
         return Generation(
             text.strip(), int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), tokens_reused=reused
         )
+
+    def _choice_masses(self, payload: dict, choices: tuple[str, ...]) -> dict[str, float]:
+        """Each choice's probability among the first token's top candidates (a token beyond them counts nothing)."""
+        import math
+
+        try:
+            candidates = payload["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.base_url}: no log-probabilities in the reply: the server cannot score choices") from None
+        masses = dict.fromkeys(choices, 0.0)
+        for candidate in candidates:
+            choice = starts_choice(candidate["token"], choices)
+            if choice:
+                masses[choice] += math.exp(candidate["logprob"])
+        return masses
 
     def generate(
         self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from r4ec.knowledge import prompts
-from r4ec.knowledge.backends import Backend, GenerationConfig
+from r4ec.knowledge.backends import Backend, GenerationConfig, parse_choice_reply
 from r4ec.knowledge.loop import ANY_CLOSING_TAG, VERDICT_GRAMMAR, Chain, ask
 from r4ec.knowledge.parsing import parse_answer, parse_judgement, parse_prediction
 from r4ec.knowledge.progress import PartProgress
@@ -72,6 +72,8 @@ class Construction:
     feedback: str | None = None
     refined: str | None = None
     refined_prediction: bool | None = None
+    p_like: float | None = None  # evaluation: the probability the actor's first prediction is "yes"
+    p_reasonable: float | None = None  # evaluation: the probability the reflector's verdict is "reasonable"
     sets: tuple[str, ...] = ()
     drop: str | None = None
 
@@ -129,8 +131,9 @@ class TeacherConfig:
         return replace(self.generation, prefix=f"<{opening}>", stop=(stop,), temperature=temperature)
 
     def steps(self) -> int:
-        """LLM steps a sample goes through at most (strict retries aside): reason, predict, reflect, refine, predict."""
-        return 5 * self.draws
+        """LLM steps a sample goes through at most (strict retries aside): reason, predict, reflect, refine, predict;
+        an evaluation also scores the prediction and the verdict."""
+        return (7 if self.evaluation else 5) * self.draws
 
     def reason(self, entity: prompts.Entity) -> GenerationConfig:
         return self._with(prompts.ANSWER_TAG[entity], ANY_CLOSING_TAG, sampled=True)
@@ -144,6 +147,10 @@ class TeacherConfig:
 
     def refine(self) -> GenerationConfig:
         return self._with("refined", ANY_CLOSING_TAG)
+
+    def scored(self, config: GenerationConfig, choices: tuple[str, str]) -> GenerationConfig:
+        """A step's reply scored rather than generated: the probability of each choice as its first word."""
+        return replace(config, choices=choices, grammar=None, stop=(), temperature=0.0)
 
 
 def construct(
@@ -175,6 +182,8 @@ def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, 
         _predict(teacher, answered, entity, cfg, progress, refined=False)
         judged = [c for c in answered if c.prediction is not None]
         _reflect(teacher, judged, entity, cfg, progress)
+        if cfg.evaluation:
+            _score(teacher, judged, entity, cfg, progress)
         rejected = [c for c in judged if c.reasonable is False and (cfg.evaluation or not c.correct)]
         _refine(teacher, rejected, entity, cfg, progress)
         _predict(teacher, [c for c in rejected if c.refined is not None], entity, cfg, progress, refined=True)
@@ -241,6 +250,26 @@ def _reflect(teacher, group, entity, cfg, progress) -> None:
     )  # fmt: skip
     for c, parsed in zip(group, judged):
         c.reasonable, c.feedback = parsed if parsed else (None, None)
+
+
+def _score(teacher, group, entity, cfg, progress) -> None:
+    """Evaluation: the first prediction and the verdict as probabilities, read from the models' next-token
+    distributions, so that each can be ranked (an AUC) rather than only counted."""
+    predicted = _step(
+        teacher, group, "score-prediction",
+        lambda c, strict: prompts.predict_chat(prompts.answered_chat(entity, cfg.domain, c.sample.inputs, c.answer,
+                                                                     c.sample.target), entity, cfg.domain, strict),
+        lambda reply: parse_choice_reply(reply, "yes"), cfg.adapter, cfg.scored(cfg.predict(), ("yes", "no")),
+        progress=progress,
+    )  # fmt: skip
+    verdicts = _step(
+        teacher, group, "score-verdict",
+        lambda c, strict: prompts.reflect_chat(entity, cfg.domain, c.sample.inputs, c.answer, strict=strict),
+        lambda reply: parse_choice_reply(reply, "reasonable"), cfg.reflector_adapter,
+        cfg.scored(cfg.reflect(), ("reasonable", "not reasonable")), progress=progress,
+    )  # fmt: skip
+    for c, p_like, p_reasonable in zip(group, predicted, verdicts):
+        c.p_like, c.p_reasonable = p_like, p_reasonable
 
 
 def _refine(teacher, group, entity, cfg, progress) -> None:

@@ -9,6 +9,10 @@ tuned arm asks the same server through the actor's and the reflector's adapters.
       liked (the accuracy of always answering "like"), and the median length of its answers in words;
   (b) the reflector's share of answers with a verdict, and the AUC of "not reasonable" as a detector of a wrong
       prediction (0.5: no better than chance);
+  (a, b) scored: the probability of "yes" as the first prediction's first word, and of "reasonable" as the verdict's
+      (the models' next-token distributions, `GenerationConfig.choices`), so that each can be ranked: the AUC of
+      P(yes) for a like, and of P(not reasonable) for a wrong prediction. A model that always says "yes" can still
+      rank the samples it is surer of first; the counted figures cannot show that;
   (c) refinements that turn a wrong prediction right, and a right one wrong.
 Intervals are 95 % from a seeded bootstrap over users (a user's targets are resampled together). Every sample's
 outcome is written beside the summary, so any figure can be recomputed.
@@ -36,6 +40,7 @@ from r4ec.tuning.samples import held_out_samples
 
 log = logging.getLogger(__name__)
 ARMS = {"base": (None, None), "tuned": ("actor", "reflector")}  # adapter names (None: the base model)
+SCORES = ("accuracy", "verdict_share", "auc_rejection_wrong", "auc_p_like", "auc_p_rejection_wrong")  # with intervals
 
 
 def outcome(c: Construction) -> dict:
@@ -45,7 +50,7 @@ def outcome(c: Construction) -> dict:
         "sample_id": c.sample.sample_id, "user_id": user_of(c.sample), "label": c.sample.label,
         "answer_words": len(c.answer.split()) if c.answer else 0,
         "prediction": c.prediction, "verdict": None if c.reasonable is None else ("reasonable" if c.reasonable else "not reasonable"),
-        "refined_prediction": c.refined_prediction,
+        "refined_prediction": c.refined_prediction, "p_like": c.p_like, "p_reasonable": c.p_reasonable,
         "correct": None if c.prediction is None else c.prediction == label,
         "refined_correct": None if c.refined_prediction is None else c.refined_prediction == label,
         "llm_calls": c.chain.llm_calls,
@@ -57,19 +62,29 @@ def user_of(sample: Sample) -> str:
     return sample.inputs["user_id"] if sample.entity == "user" else sample.target["user_id"]
 
 
-def binary_auc(scores: list[bool], positives: list[bool]) -> float | None:
-    """AUC of a yes/no score (ties count half): (TPR + TNR) / 2; None when a class is missing."""
-    pos = [s for s, p in zip(scores, positives) if p]
-    neg = [s for s, p in zip(scores, positives) if not p]
-    if not pos or not neg:
+def auc(scores: list[float], positives: list[bool]) -> float | None:
+    """The chance a positive scores above a negative, ties counting half (for a yes / no score, (TPR + TNR) / 2);
+    None when a class is missing. From average ranks: n log n, for the bootstrap's thousand draws."""
+    n_pos = sum(map(bool, positives))
+    n_neg = len(positives) - n_pos
+    if not n_pos or not n_neg:
         return None
-    return (sum(pos) / len(pos) + (len(neg) - sum(neg)) / len(neg)) / 2
+    ordered, rank_sum, start = sorted(zip(scores, positives)), 0.0, 0
+    while start < len(ordered):
+        end = start
+        while end < len(ordered) and ordered[end][0] == ordered[start][0]:
+            end += 1
+        rank_sum += (start + 1 + end) / 2 * sum(bool(p) for _, p in ordered[start:end])  # ranks start+1 .. end
+        start = end
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def metrics(rows: list[dict]) -> dict:
     predicted = [r for r in rows if r["correct"] is not None]
     judged = [r for r in predicted if r["verdict"] is not None]
     refined = [r for r in judged if r["refined_correct"] is not None]
+    scored_like = [r for r in predicted if r.get("p_like") is not None]
+    scored_verdict = [r for r in predicted if r.get("p_reasonable") is not None]
     return {
         "samples": len(rows),
         "predicted": len(predicted),
@@ -79,8 +94,9 @@ def metrics(rows: list[dict]) -> dict:
         "answer_words": statistics.median(r["answer_words"] for r in rows) if rows else None,
         "verdict_share": len(judged) / len(predicted) if predicted else None,
         "rejected": sum(r["verdict"] == "not reasonable" for r in judged),
-        "auc_rejection_wrong": binary_auc([r["verdict"] == "not reasonable" for r in judged],
-                                          [not r["correct"] for r in judged]),  # fmt: skip
+        "auc_rejection_wrong": auc([r["verdict"] == "not reasonable" for r in judged], [not r["correct"] for r in judged]),
+        "auc_p_like": auc([r["p_like"] for r in scored_like], [r["label"] == 1 for r in scored_like]),
+        "auc_p_rejection_wrong": auc([1 - r["p_reasonable"] for r in scored_verdict], [not r["correct"] for r in scored_verdict]),
         "refined": len(refined),
         "wrong_to_right": sum(not r["correct"] and r["refined_correct"] for r in refined),
         "right_to_wrong": sum(r["correct"] and not r["refined_correct"] for r in refined),
@@ -170,8 +186,7 @@ def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: s
                        "samples": fingerprint.of_json(sorted(s.sample_id for s in samples))},
         "users": len({user_of(s) for s in samples}),
         "arms": {arm: metrics(rows) for arm, rows in by_arm.items()},
-        "intervals": {name: bootstrap(by_arm, name, draws, settings.seed) for name in ("accuracy", "verdict_share",
-                                                                                      "auc_rejection_wrong")},
+        "intervals": {name: bootstrap(by_arm, name, draws, settings.seed) for name in SCORES},
     }  # fmt: skip
     out_dir = layout.evaluation_dir(settings, entity)
     write(out_dir, figures, by_arm)
@@ -199,14 +214,14 @@ def markdown(figures: dict) -> str:
         f"{figures['arms']['base']['samples']} samples (up to {figures['built_from']['targets_per_user']} training-period "
         "ratings each); 95 % bootstrap intervals over users.",
         "",
-        "| arm | (a) actor accuracy | predicted like | liked | answer words (median) | (b) verdicts | (b) AUC of rejection for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| arm | (a) actor accuracy | predicted like | liked | (a) AUC of P(yes) for a like | answer words (median) | (b) verdicts | (b) AUC of rejection for a wrong prediction | (b) AUC of P(not reasonable) for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ARMS:
         m = figures["arms"][arm]
         lines.append(f"| {arm} | {cell(arm, 'accuracy')} | {cell(arm, 'predicted_like', '.1%')} | {cell(arm, 'liked', '.1%')} | "
-                     f"{_number(m['answer_words'], 'g')} | {cell(arm, 'verdict_share', '.1%')} | "
-                     f"{cell(arm, 'auc_rejection_wrong')} | {m['wrong_to_right']} of {m['refined']} | "
+                     f"{cell(arm, 'auc_p_like')} | {_number(m['answer_words'], 'g')} | {cell(arm, 'verdict_share', '.1%')} | "
+                     f"{cell(arm, 'auc_rejection_wrong')} | {cell(arm, 'auc_p_rejection_wrong')} | {m['wrong_to_right']} of {m['refined']} | "
                      f"{m['right_to_wrong']} of {m['refined']} | {m['llm_calls']:,} |")  # fmt: skip
     low_high = figures["intervals"]["accuracy"].get("difference")
     if low_high:

@@ -6,6 +6,10 @@ as the loop will ask for it; every prompt it did not seed goes to the model. `ca
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+
 import pytest
 
 from r4ec.knowledge import prompts
@@ -187,3 +191,11 @@ def test_batched_generation_matches_one_by_one(model):
     alone = [model.generate([r], GEN)[0] for r in requests]
     assert [g.text for g in together] == [g.text for g in alone]
     assert [g.tokens_in for g in together] == [g.tokens_in for g in alone]
+def test_a_setting_added_later_changes_no_key_until_it_is_used():
+    """Answers cached before GenerationConfig had `choices` are found after (the key of 2026-12-03's study runs)."""
+    request = Request.chat([{"role": "user", "content": "hi"}])
+    plain = answer_key("m", request, GenerationConfig(prefix="<a>"))
+    payload = {"model": "m", "adapter": None, "messages": request.messages, "sample": 0,
+               "config": {k: v for k, v in asdict(GenerationConfig(prefix="<a>")).items() if k != "choices"}}  # fmt: skip
+    assert plain == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    assert answer_key("m", request, GenerationConfig(prefix="<a>", choices=("yes", "no"))) != plain

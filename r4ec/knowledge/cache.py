@@ -17,10 +17,15 @@ from pathlib import Path
 
 from r4ec.knowledge.backends import Backend, Generation, GenerationConfig, OnResult, Request
 
+ADDED = {"choices": ()}  # GenerationConfig's settings added since answers were first cached, with their default
+
 
 def answer_key(model_id: str, request: Request, config: GenerationConfig) -> str:
+    """A setting added after answers were cached enters the key only when it is used (`choices`), so those answers,
+    generated exactly as before, are still found."""
+    settings = {name: value for name, value in asdict(config).items() if name not in ADDED or value != ADDED[name]}
     payload = {"model": model_id, "adapter": request.adapter, "messages": request.messages,
-               "sample": request.sample, "config": asdict(config)}  # fmt: skip
+               "sample": request.sample, "config": settings}  # fmt: skip
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -49,6 +49,8 @@ EXCLUDED = {
     "tests/test_marts.py (the ml1m fixture)",
     ".venv/bin/python benchmarks/run_all.py": "the whole study: hours of LLM generation, 24 training runs for Base and "
     "21 per knowledge run; tests/test_study.py runs the same command end to end on a sample, twice",
+    ".venv/bin/python benchmarks/run_all.py --archive benchmarks/archive": "the whole study, continued from the "
+    "repository's archive; tests/test_study.py runs a study with an archive, then again in a fresh data dir from it",
     ".venv/bin/python benchmarks/run_all.py --limit 20 --seeds 1 --benchmarks": "every backbone on four knowledge runs; "
     "tests/test_study.py runs the same command with --limit 2 and one backbone, twice, and on a failing step",
 }

@@ -28,6 +28,7 @@ from r4ec.knowledge.cache import AnswerCache
 
 ANSWERS = Path("cache") / "answers"  # the archive's answer segments
 ANSWER_COLUMNS = ("key", "text", "tokens_in", "tokens_out")
+PARTIAL = ".archiving"  # a copy cut short: never restored, removed by the next save
 
 
 @dataclass
@@ -59,7 +60,15 @@ def kept_folders(root: Path, settings: Settings) -> dict[str, list[str]]:
 
 
 def kept_files(folder: Path, kind: layout.Kept) -> list[str]:
-    return sorted({str(p.relative_to(folder)) for pattern in kind.files for p in folder.glob(pattern) if p.is_file()})
+    """The kept files in a folder, never a copy cut short (`adapter/*` and a run's `*` would match one)."""
+    return sorted(
+        {
+            str(p.relative_to(folder))
+            for pattern in kind.files
+            for p in folder.glob(pattern)
+            if p.is_file() and not p.name.endswith(PARTIAL)
+        }
+    )
 
 
 def restore(settings: Settings, archive: Path) -> Moved:
@@ -86,10 +95,11 @@ def save(settings: Settings, archive: Path) -> Moved:
         target = archive / name
         changed = [f for f in files if not _same(root / name / f, target / f)]
         stale = [f for f in kept_files(target, kinds[name]) if f not in files] if target.is_dir() else []
-        for file in changed:
-            _copy(root / name / file, target / file)
+        stale += [str(p.relative_to(target)) for p in target.rglob("*" + PARTIAL)]
         for file in stale:
             (target / file).unlink()
+        for file in changed:
+            _copy(root / name / file, target / file)
         moved.folders += bool(changed or stale)
         moved.files, moved.removed = moved.files + len(changed), moved.removed + len(stale)
     moved.answers = save_answers(settings.answer_cache_path, archive / ANSWERS)
@@ -111,7 +121,7 @@ def _same(source: Path, target: Path) -> bool:
 def _copy(source: Path, target: Path) -> None:
     """Whole or not at all: a copy cut short leaves only a `.archiving` file, which no step reads."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".archiving")
+    partial = target.with_name(target.name + PARTIAL)
     shutil.copy2(source, partial)
     partial.replace(target)
 
@@ -133,7 +143,7 @@ def save_answers(cache_path: Path, segments: Path) -> int:
     table = pa.table(dict(zip(ANSWER_COLUMNS, map(list, zip(*rows)))))
     name = fingerprint.short(fingerprint.of_json([row[0] for row in rows]))
     segments.mkdir(parents=True, exist_ok=True)
-    partial = segments / f"answers-{name}.parquet.archiving"
+    partial = segments / f"answers-{name}.parquet{PARTIAL}"
     pq.write_table(table, partial, compression="zstd")
     partial.replace(segments / f"answers-{name}.parquet")
     return len(rows)

@@ -112,3 +112,18 @@ def test_a_restore_never_mixes_an_archived_folder_into_a_local_one(tmp_path):
     assert (new.data_dir / RUN / "_manifest.json").read_text() == '{"inputs": "another run"}'
     assert (restored.folders, restored.skipped) == (3, 1)
     assert answers(new, "k1") == {"k1": "local answer"}
+
+
+def test_a_copy_cut_short_is_never_restored_and_the_next_save_removes_it(tmp_path):
+    settings, store = data_dir(tmp_path / "data"), tmp_path / "archive"
+    archive.save(settings, store)
+    cut = store / TRAINED / ("model.pt" + archive.PARTIAL)  # a save killed while copying a run's `*` files
+    cut.write_text("half the weights")
+
+    new = Settings(data_dir=tmp_path / "new")
+    archive.restore(new, store)
+    assert not list(new.data_dir.rglob("*" + archive.PARTIAL))
+
+    moved = archive.save(settings, store)
+    assert not cut.exists() and moved.removed == 1
+    assert (store / TRAINED / "model.pt").read_text() == "weights"

@@ -195,3 +195,18 @@ def test_a_peft_adapter_served_by_llama_cpp_answers_as_transformers_does(random_
     assert served == expected  # greedy, the same words: the conversion kept every LoRA pair where it belongs
     assert backend.model_id.endswith(f":actor=adapter@{fingerprint.of_folder(adapter)}")  # a retrained one is new
     assert len(list((tmp_path / "models" / "adapters").glob("*.lora.gguf"))) == 1
+
+
+def test_one_source_and_flags_built_for_two_cpus_is_one_engine(tmp_path, monkeypatch):
+    """A study moves between machines: answers and parts from a build for another CPU are the same engine's."""
+    def identity(cpu: str, flags: str) -> str:
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        (tmp_path / "bin" / "llama-server").write_text("")
+        build = {"key": f"sha flags targets cpu:{cpu}", "sdist_sha256": "832db0699007f1be95a7", "cmake_flags": flags}
+        (tmp_path / "BUILD.json").write_text(json.dumps(build))
+        return llamacpp.engine_identity()
+
+    monkeypatch.setenv("R4EC_LLAMA_CPP", str(tmp_path))
+    assert identity("avx2", "-DGGML_NATIVE=ON") == identity("avx512", "-DGGML_NATIVE=ON")
+    assert identity("avx2", "-DGGML_NATIVE=ON") != identity("avx2", "-DGGML_NATIVE=OFF")
+    assert identity("avx2", "-DGGML_NATIVE=ON").startswith("llama.cpp@sha256:832db0699007f1be+")

@@ -39,10 +39,14 @@ def binary(name: str) -> Path:
 
 
 def engine_identity() -> str:
-    """`llama.cpp@<sdist sha256>+<build key>`: the source it was built from and how (flags, CPU), from BUILD.json."""
+    """`llama.cpp@<sdist sha256>+<flags hash>`: the source it was built from and how, from BUILD.json. Not the CPU
+    it was built for (BUILD.json's key has it, to rebuild on another): a study runs on whichever machine it gets, and
+    llama.cpp's answers already vary in the last bits with how requests share a batch, so the same source and flags
+    built for two CPUs are one engine to every label, cache key and manifest."""
     binary("llama-server")
     info = json.loads((install_dir() / "BUILD.json").read_text())
-    return f"llama.cpp@sha256:{info['sdist_sha256'][:16]}+{fingerprint.of_json(info['key']).removeprefix('sha256:')[:8]}"
+    flags = fingerprint.of_json(info["cmake_flags"]).removeprefix("sha256:")[:8]
+    return f"llama.cpp@sha256:{info['sdist_sha256'][:16]}+{flags}"
 
 
 def quantized(source: Path, quantization: str, models_dir: Path) -> Path:

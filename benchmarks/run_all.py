@@ -38,12 +38,15 @@ def main() -> int:
     parser.add_argument("--archive", type=Path, metavar="DIR",
                         help="a folder that outlives this machine: restore the study's costly outputs from it first "
                              "and save them to it after every command (r4ec/archive.py)")  # fmt: skip
+    parser.add_argument("--no-tune", dest="tune", action="store_false",
+                        help="do not make the tuned run's adapters (the SFT data, LoRA and their evaluation: about 2 "
+                             "hours); without them, the tuned run is left out")  # fmt: skip
     args = parser.parse_args()
     common = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
               *(["--dataset", args.dataset] if args.dataset else [])]  # fmt: skip
     overrides = {k: v for k, v in {"data_dir": args.data_dir, "dataset": args.dataset}.items() if v is not None}
     study = Study(tuple(common), tuple(args.knowledge), tuple(args.backbones), tuple(args.seeds), args.limit,
-                  args.epochs, args.out, tuple(args.benchmarks), args.archive)  # fmt: skip
+                  args.epochs, args.out, tuple(args.benchmarks), args.archive, args.tune)  # fmt: skip
     return run(study, Settings(**overrides))
 
 

@@ -38,6 +38,17 @@ DEFAULT_KNOWLEDGE = ("iterative", "text", "iterative-tuned", "single", "iterativ
 # machine the numbers above came from); serving_latency needs a published run, which the study does not make
 BENCHMARKS = ("generation_throughput", "training_throughput", "feature_retrieval")
 BENCHMARK = "benchmark"  # a plan's command that runs benchmarks/<name>.py rather than r4ec
+# how the study makes the adapters its tuned run needs (Study.tune): the strongest local teacher on a sample that fits
+# a session (Algorithm 1 on 60 users and 60 items, about 25 minutes here), the CPU LoRA profile for 2 epochs, then
+# the base and the tuned pair side by side on the held-out users; each skips what it has already done
+TEACHER = "qwen2.5-coder-1.5b-instruct"
+TUNING = (
+    ("models", "fetch", TEACHER),
+    ("tuning", "build-data", "--model", TEACHER, "--limit", "60"),
+    ("tuning", "train", "--role", "actor", "--profile", "cpu", "--epochs", "2"),
+    ("tuning", "train", "--role", "reflector", "--profile", "cpu", "--epochs", "2"),
+    ("tuning", "evaluate"),
+)
 REPO = Path(__file__).resolve().parent.parent
 INTERRUPTED = "interrupted"  # a journal entry's exit when Ctrl-C or SIGTERM stopped its command
 SAVE_EVERY_S = 600  # how often a long command's outputs so far are saved to the archive: a machine may go at any time
@@ -54,6 +65,7 @@ class Study:
     out: Path = Path("benchmarks/RESULTS.md")
     benchmarks: tuple[str, ...] = BENCHMARKS  # benchmarks/<name>.py, run last, once
     archive: Path | None = None  # restored from before the first command, saved to after each (r4ec.archive)
+    tune: bool = True  # make the tuned run's adapters (TUNING) when it is asked for; else it needs them made
 
 
 @dataclass
@@ -64,8 +76,8 @@ class Plan:
 
 def plan(study: Study, settings: Settings) -> Plan:
     """The commands of the study: each knowledge run, then its rows trained and Table 2 rewritten, so a study run in
-    pieces shows its results as they come. A tuned run needs the adapters `r4ec tuning train` writes; without them
-    it is left out and the page says why."""
+    pieces shows its results as they come. A tuned run needs the adapters `r4ec tuning train` writes: the study
+    makes them first (TUNING) or, with `tune` off, leaves the run out when they are missing and the page says why."""
     common, sample = list(study.settings_args), ["--limit", str(study.limit)] if study.limit else []
     epochs = ["--epochs", str(study.epochs)] if study.epochs else []
 
@@ -82,7 +94,9 @@ def plan(study: Study, settings: Settings) -> Plan:
         if run.tuned:
             adapters = [layout.trained_adapter(settings, role) for role in ("actor", "reflector")]
             missing = [a for a in adapters if not is_adapter(a)]
-            if missing:
+            if study.tune:
+                commands += [[*step, *common] for step in TUNING]
+            elif missing:
                 skipped[name] = f"no adapter at {missing[0]} (`r4ec tuning build-data`, then `r4ec tuning train`)"
                 continue
             options += ["--actor-adapter", str(adapters[0]), "--reflector-adapter", str(adapters[1])]
@@ -251,12 +265,36 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
     for also in ("long_tail.md", "knowledge_probe.md"):
         if (settings.reports_dir / also).is_file():
             lines += ["", (settings.reports_dir / also).read_text().strip()]
+    lines += tuning_section(settings)
     lines += ["", *knowledge_costs(settings, study)]
     for name, why in the_plan.skipped.items():
         lines.append(f"- `{name}`: not run: {why}.")
     lines += benchmarks_section(settings, study)
     lines += ["", *commands_table(journal)]
     return "\n".join(lines) + "\n"
+
+
+def tuning_section(settings: Settings) -> list[str]:
+    """The tuned pair against the base on held-out users (`r4ec tuning evaluate`), with the data and training it came
+    from, once the study has made them."""
+    evaluation = layout.evaluation_dir(settings, "user") / "evaluation.md"
+    if not evaluation.is_file():
+        return []
+    lines = ["", "## The tuned actor and reflector on held-out users", ""]
+    card = layout.sft_dir(settings) / "card.json"
+    if card.is_file():
+        c = json.loads(card.read_text())
+        sets = ", ".join(f"{name} {n:,}" for name, n in c["examples"].items())
+        dropped = ", ".join(f"{why} {n:,}" for why, n in sorted(c["dropped"].items()))
+        lines += [f"SFT data (Algorithm 1; teacher and sample in the commands below): {c['constructions']:,} "
+                  f"constructions, teacher accuracy {c['teacher_accuracy']:.3f}; kept {sets}; dropped {dropped or 'none'}.", ""]  # fmt: skip
+    for role in ("actor", "reflector"):
+        record = layout.adapter_dir(settings, role) / "training.json"
+        if record.is_file():
+            t = json.loads(record.read_text())
+            lines.append(f"- {role}: LoRA on {t['examples']:,} examples, {len(t['epochs'])} epochs, valid loss "
+                         f"{t['epochs'][-1]['valid_loss']:.4f}, {t['seconds']:,.0f} s ({t['tokens_per_second']:,.0f} tokens/s)")  # fmt: skip
+    return lines + ["", evaluation.read_text().strip()]
 
 
 def knowledge_costs(settings: Settings, study: Study) -> list[str]:

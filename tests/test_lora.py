@@ -109,6 +109,22 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_model, tmp_path, monkeypa
         train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "other data"}, tmp_path / "actor", FAST)
 
 
+def test_a_finished_run_is_not_trained_again(tiny_model, tmp_path, monkeypatch):
+    chats = [chat(n) for n in range(10)]
+    first = train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "actor", FAST)
+    record = (tmp_path / "actor" / "training.json").read_text()
+
+    def no_step(self, *args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", no_step)
+    again = train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "actor", FAST)
+    assert (again.epochs, again.seconds) == (first.epochs, first.seconds)
+    assert (tmp_path / "actor" / "training.json").read_text() == record  # the time the training took, kept
+    with pytest.raises(TuningError, match="another run"):  # another recipe is not this run's result
+        train_adapter(tiny_model, "tiny", chats, {"reason.jsonl": "x"}, tmp_path / "actor", Recipe(**{**FAST.__dict__, "epochs": 4}))
+
+
 def test_profiles_and_missing_data_are_one_line(tmp_path):
     assert recipe("paper") == Recipe() and recipe("cpu", epochs=1).epochs == 1
     assert recipe("cpu").learning_rate == 2e-4

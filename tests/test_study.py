@@ -31,7 +31,7 @@ def fake_adapters(settings: Settings) -> None:
 def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     settings = Settings(data_dir=tmp_path)
     study = Study(("--data-dir", str(tmp_path)), ("iterative", "iterative-tuned"), ("lr", "din"), (1, 2), limit=5,
-                  benchmarks=())
+                  benchmarks=(), tune=False)
     without = plan(study, settings)
     assert [c[:2] for c in without.commands] == [["data", "load"], ["marts", "build"], ["knowledge", "generate"],
                                                  ["knowledge", "encode"], ["features", "apply"], ["train", "--backbone"],
@@ -51,6 +51,12 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     generate = tuned.commands[7]
     assert generate[:3] == ["knowledge", "generate", "--strategy"] and "--actor-adapter" in generate
     assert generate[generate.index("--reflector-adapter") + 1].endswith("reflector/adapter")
+    tuning = plan(Study(("--data-dir", str(tmp_path)), ("iterative-tuned",), benchmarks=()), Settings(data_dir=tmp_path / "new"))
+    assert not tuning.skipped  # the study makes the adapters, then the run
+    assert [c[:2] for c in tuning.commands[2:8]] == [["models", "fetch"], ["tuning", "build-data"], ["tuning", "train"],
+                                                    ["tuning", "train"], ["tuning", "evaluate"], ["knowledge", "generate"]]  # fmt: skip
+    assert all(c[c.index("--data-dir") + 1] == str(tmp_path) for c in tuning.commands)
+    assert [c[c.index("--role") + 1] for c in tuning.commands[4:6]] == ["actor", "reflector"]
     rounds = plan(Study(("--data-dir", str(tmp_path)), ("iterative-r2",), benchmarks=()), settings).commands[2]
     assert rounds[:5] == ["knowledge", "generate", "--strategy", "iterative", "--rounds"] and rounds[5] == "2"
     assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
@@ -115,7 +121,7 @@ def test_the_study_end_to_end_on_a_sample_then_continued_on_a_fresh_data_dir(tmp
         monkeypatch.setenv(f"R4EC_KNOWLEDGE__{name}", value)
     out = tmp_path / "results" / "RESULTS.md"
     args = ["--knowledge", "single", "iterative-tuned", "--backbones", "dcn", "--seeds", "1", "--limit", "2",
-            "--epochs", "1", "--out", str(out), "--benchmarks", "training_throughput", "--archive", str(store)]  # fmt: skip
+            "--epochs", "1", "--out", str(out), "--benchmarks", "training_throughput", "--archive", str(store), "--no-tune"]  # fmt: skip
     first = run_all("--data-dir", str(first_dir), *args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     page = out.read_text()
@@ -143,3 +149,26 @@ def test_the_study_end_to_end_on_a_sample_then_continued_on_a_fresh_data_dir(tmp
     assert rows_of(again, "## Knowledge runs: what they hold and what they cost", "| single-sample2 |") == costs
     assert rows_of(again, "## Table 2", "| DCN |") == rows_of(page, "## Table 2", "| DCN |")
     assert "16 commands" in again and again.split("### training_throughput")[1].split("## Commands")[0] == bench  # measured once
+
+
+def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    the_plan = plan(Study(("--data-dir", str(tmp_path)), ("iterative-tuned",), benchmarks=()), settings)
+    assert "tuned actor" not in study.results_page(Study(), settings, the_plan, [])
+    card = {"constructions": 240, "teacher_accuracy": 0.6125, "examples": {"reason": 61, "reflect": 98, "refine": 20},
+            "dropped": {"wrong_and_unfixed": 80, "short": 12}}  # fmt: skip
+    (layout.sft_dir(settings)).mkdir(parents=True)
+    (layout.sft_dir(settings) / "card.json").write_text(json.dumps(card))
+    for role, n in (("actor", 81), ("reflector", 98)):
+        layout.adapter_dir(settings, role).mkdir(parents=True)
+        record = {"examples": n, "epochs": [{"valid_loss": 1.9}, {"valid_loss": 1.5}], "seconds": 1234.5, "tokens_per_second": 210.0}
+        (layout.adapter_dir(settings, role) / "training.json").write_text(json.dumps(record))
+    layout.evaluation_dir(settings, "user").mkdir(parents=True)
+    (layout.evaluation_dir(settings, "user") / "evaluation.md").write_text("| arm | (a) actor accuracy |\n| base | 0.570 |\n")
+
+    page = study.results_page(Study(), settings, the_plan, [])
+
+    section = page.split("## The tuned actor and reflector on held-out users")[1].split("\n## ")[0]
+    assert "240 constructions, teacher accuracy 0.613; kept reason 61, reflect 98, refine 20; dropped short 12, wrong_and_unfixed 80." in section
+    assert "- actor: LoRA on 81 examples, 2 epochs, valid loss 1.5000, 1,234 s (210 tokens/s)" in section
+    assert "- reflector: LoRA on 98 examples" in section and "| base | 0.570 |" in section

@@ -162,6 +162,10 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
     random.Random(recipe.seed).shuffle(order)
     n_valid = max(1, round(len(rows) * recipe.valid_fraction))
     valid, train = [rows[i] for i in order[:n_valid]], [rows[i] for i in order[n_valid:]]
+    about = {"base": base_name, "recipe": asdict(recipe), "data": data, "examples": len(rows), "valid": n_valid}
+    if done := _finished(out_dir, about):
+        log.info("%s: this run (same base, data and recipe) is done: kept as it is", out_dir / "adapter")
+        return done
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                       target_modules=recipe.target_modules, task_type="CAUSAL_LM")  # fmt: skip
@@ -170,7 +174,6 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
     steps_per_epoch = -(-len(train) // recipe.batch_size)
     schedule = get_cosine_schedule_with_warmup(optimizer, round(recipe.warmup * steps_per_epoch * recipe.epochs),
                                                steps_per_epoch * recipe.epochs)  # fmt: skip
-    about = {"base": base_name, "recipe": asdict(recipe), "data": data, "examples": len(rows), "valid": n_valid}
     epochs = _resume(out_dir, about, model, optimizer, schedule, set_peft_model_state_dict, load_peft_weights)
     started, seen, steps_run = time.perf_counter(), 0, 0
     generator = random.Random(recipe.seed)
@@ -207,6 +210,20 @@ def train_adapter(base: Path, base_name: str, chats: list[list[dict]], data: dic
     record = {**about, "epochs": epochs, "seconds": seconds, "tokens_per_second": seen / seconds if seconds else 0.0}
     (out_dir / "training.json").write_text(json.dumps(record, indent=1))
     return TuningResult(out_dir / "adapter", len(rows), epochs, seconds, record["tokens_per_second"])
+
+
+def _finished(out_dir: Path, about: dict) -> TuningResult | None:
+    """The result a finished run of this very training recorded (its adapter saved), else None: run again, it is
+    not trained again, and its training.json keeps the time the training took."""
+    record_path = out_dir / "training.json"
+    if not (record_path.is_file() and (out_dir / "adapter" / "adapter_config.json").is_file()):
+        return None
+    record = json.loads(record_path.read_text())
+    wanted = json.loads(json.dumps(about))  # as a record reads back
+    if {key: record.get(key) for key in wanted} != wanted or len(record["epochs"]) != about["recipe"]["epochs"]:
+        return None
+    return TuningResult(out_dir / "adapter", record["examples"], record["epochs"], record["seconds"],
+                        record["tokens_per_second"])  # fmt: skip
 
 
 def _checkpoint(out_dir: Path, about: dict, model, optimizer, schedule, epochs: list[dict]) -> None:

@@ -39,8 +39,8 @@ def main() -> int:
                         help="a folder that outlives this machine: restore the study's costly outputs from it first "
                              "and save them to it after every command (r4ec/archive.py)")  # fmt: skip
     parser.add_argument("--no-tune", dest="tune", action="store_false",
-                        help="do not make the tuned run's adapters (the SFT data, LoRA and their evaluation: about 2 "
-                             "hours); without them, the tuned run is left out")  # fmt: skip
+                        help="do not make the tuned run's adapters (the SFT data, LoRA and their evaluation, and the "
+                             "larger reflector's: about 2.5 hours); without them, the tuned run is left out")  # fmt: skip
     args = parser.parse_args()
     common = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
               *(["--dataset", args.dataset] if args.dataset else [])]  # fmt: skip

@@ -548,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assess.add_argument("--actor-adapter", type=Path, help="default: DATA_DIR/tuning/DATASET/adapters/actor/adapter")
     assess.add_argument("--reflector-adapter", type=Path, help="default: .../adapters/reflector/adapter")
+    assess.add_argument("--reflector-model", help="compare the base with this model judging the base actor's answers "
+                        "(the reflector's size, e.g. qwen2.5-coder-0.5b-instruct) instead of with the tuned pair; "
+                        "written to .../evaluation/ENTITY-reflector-MODEL/")  # fmt: skip
     assess.add_argument("--targets-per-user", type=int, default=2, help="training-period targets per held-out user (default: 2)")
     assess.add_argument("--held-out-fraction", type=float, help="as at build-data (default: 0.1)")
     assess.add_argument("--entity", choices=["user", "item"], default="user",

@@ -169,10 +169,10 @@ def trained_adapter(settings: Settings, role: str) -> Path:
     return adapter_dir(settings, role) / "adapter"
 
 
-def evaluation_dir(settings: Settings, entity: str) -> Path:
-    """The held-out comparison of the base and the tuned pair on one entity's samples: evaluation.json,
-    evaluation.md, outcomes.jsonl."""
-    return settings.tuning_dir / "evaluation" / entity
+def evaluation_dir(settings: Settings, entity: str, reflector_model: str | None = None) -> Path:
+    """The held-out comparison of the base and the tuned pair on one entity's samples (or of the base and another
+    model reflecting): evaluation.json, evaluation.md, outcomes.jsonl."""
+    return settings.tuning_dir / "evaluation" / (f"{entity}-reflector-{Path(reflector_model).name}" if reflector_model else entity)
 
 
 def training_set_path(settings: Settings, service: str) -> Path:

@@ -41,14 +41,17 @@ BENCHMARKS = ("generation_throughput", "training_throughput", "feature_retrieval
 BENCHMARK = "benchmark"  # a plan's command that runs benchmarks/<name>.py rather than r4ec
 # how the study makes the adapters its tuned run needs (Study.tune): the strongest local teacher on a sample that fits
 # a session (Algorithm 1 on 60 users and 60 items, about 25 minutes here), the CPU LoRA profile for 2 epochs, then
-# the base and the tuned pair side by side on the held-out users; each skips what it has already done
-TEACHER = "qwen2.5-coder-1.5b-instruct"
+# the base and the tuned pair side by side on the held-out users; and, on the same users, the base actor judged by a
+# larger reflector (the paper's Fig. 3, on verdicts). Each skips or resumes what it has already done
+TEACHER, LARGER_REFLECTOR = "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"
 TUNING = (
     ("models", "fetch", TEACHER),
     ("tuning", "build-data", "--model", TEACHER, "--limit", "60"),
     ("tuning", "train", "--role", "actor", "--profile", "cpu", "--epochs", "2"),
     ("tuning", "train", "--role", "reflector", "--profile", "cpu", "--epochs", "2"),
     ("tuning", "evaluate"),
+    ("models", "fetch", LARGER_REFLECTOR),
+    ("tuning", "evaluate", "--reflector-model", LARGER_REFLECTOR),
 )
 REPO = Path(__file__).resolve().parent.parent
 INTERRUPTED = "interrupted"  # a journal entry's exit when Ctrl-C or SIGTERM stopped its command
@@ -276,12 +279,25 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
 
 
 def tuning_section(settings: Settings) -> list[str]:
-    """The tuned pair against the base on held-out users (`r4ec tuning evaluate`), with the data and training it came
-    from, once the study has made them."""
-    evaluation = layout.evaluation_dir(settings, "user") / "evaluation.md"
-    if not evaluation.is_file():
+    """The tuned pair, and a larger reflector, against the base on held-out users (`r4ec tuning evaluate`), with the
+    data and training the pair came from, once the study has made them."""
+    tuned = layout.evaluation_dir(settings, "user") / "evaluation.md"
+    larger = sorted(tuned.parent.parent.glob("user-reflector-*/evaluation.md"))
+    if not tuned.is_file() and not larger:
         return []
-    lines = ["", "## The tuned actor and reflector on held-out users", ""]
+    lines = ["", "## The actor and the reflector on held-out users"]
+    if tuned.is_file():
+        lines += ["", "### The tuned pair against the base", "", *tuning_provenance(settings), "", tuned.read_text().strip()]
+    for path in larger:
+        model = path.parent.name.removeprefix("user-reflector-")
+        lines += ["", f"### The reflector's size: {model} judging the base actor's answers (Fig. 3)", "",
+                  path.read_text().strip()]  # fmt: skip
+    return lines
+
+
+def tuning_provenance(settings: Settings) -> list[str]:
+    """The SFT data's card and each adapter's training, in a line each."""
+    lines = []
     card = layout.sft_dir(settings) / "card.json"
     if card.is_file():
         c = json.loads(card.read_text())
@@ -295,7 +311,7 @@ def tuning_section(settings: Settings) -> list[str]:
             t = json.loads(record.read_text())
             lines.append(f"- {role}: LoRA on {t['examples']:,} examples, {len(t['epochs'])} epochs, valid loss "
                          f"{t['epochs'][-1]['valid_loss']:.4f}, {t['seconds']:,.0f} s ({t['tokens_per_second']:,.0f} tokens/s)")  # fmt: skip
-    return lines + ["", evaluation.read_text().strip()]
+    return lines
 
 
 def knowledge_costs(settings: Settings, study: Study) -> list[str]:

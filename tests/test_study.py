@@ -53,8 +53,10 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     assert generate[generate.index("--reflector-adapter") + 1].endswith("reflector/adapter")
     tuning = plan(Study(("--data-dir", str(tmp_path)), ("iterative-tuned",), benchmarks=()), Settings(data_dir=tmp_path / "new"))
     assert not tuning.skipped  # the study makes the adapters, then the run
-    assert [c[:2] for c in tuning.commands[2:8]] == [["models", "fetch"], ["tuning", "build-data"], ["tuning", "train"],
-                                                    ["tuning", "train"], ["tuning", "evaluate"], ["knowledge", "generate"]]  # fmt: skip
+    assert [c[:2] for c in tuning.commands[2:10]] == [["models", "fetch"], ["tuning", "build-data"], ["tuning", "train"],
+                                                     ["tuning", "train"], ["tuning", "evaluate"], ["models", "fetch"],
+                                                     ["tuning", "evaluate"], ["knowledge", "generate"]]  # fmt: skip
+    assert tuning.commands[8][2:4] == ["--reflector-model", "qwen2.5-coder-0.5b-instruct"]
     assert all(c[c.index("--data-dir") + 1] == str(tmp_path) for c in tuning.commands)
     assert [c[c.index("--role") + 1] for c in tuning.commands[4:6]] == ["actor", "reflector"]
     rounds = plan(Study(("--data-dir", str(tmp_path)), ("iterative-r2",), benchmarks=()), settings).commands[2]
@@ -154,7 +156,7 @@ def test_the_study_end_to_end_on_a_sample_then_continued_on_a_fresh_data_dir(tmp
 def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
     settings = Settings(data_dir=tmp_path)
     the_plan = plan(Study(("--data-dir", str(tmp_path)), ("iterative-tuned",), benchmarks=()), settings)
-    assert "tuned actor" not in study.results_page(Study(), settings, the_plan, [])
+    assert "held-out users" not in study.results_page(Study(), settings, the_plan, [])
     card = {"constructions": 240, "teacher_accuracy": 0.6125, "examples": {"reason": 61, "reflect": 98, "refine": 20},
             "dropped": {"wrong_and_unfixed": 80, "short": 12}}  # fmt: skip
     (layout.sft_dir(settings)).mkdir(parents=True)
@@ -168,7 +170,13 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
 
     page = study.results_page(Study(), settings, the_plan, [])
 
-    section = page.split("## The tuned actor and reflector on held-out users")[1].split("\n## ")[0]
+    section = page.split("## The actor and the reflector on held-out users")[1].split("\n## ")[0]
     assert "240 constructions, teacher accuracy 0.613; kept reason 61, reflect 98, refine 20; dropped short 12, wrong_and_unfixed 80." in section
     assert "- actor: LoRA on 81 examples, 2 epochs, valid loss 1.5000, 1,234 s (210 tokens/s)" in section
     assert "- reflector: LoRA on 98 examples" in section and "| base | 0.570 |" in section
+    larger = layout.evaluation_dir(settings, "user", "qwen2.5-coder-0.5b-instruct")
+    larger.mkdir()
+    (larger / "evaluation.md").write_text("| arm | (b) verdicts |\n| reflector qwen2.5-coder-0.5b-instruct | 97.0% |\n")
+    page = study.results_page(Study(), settings, the_plan, [])
+    assert "### The reflector's size: qwen2.5-coder-0.5b-instruct judging the base actor's answers (Fig. 3)" in page
+    assert "| reflector qwen2.5-coder-0.5b-instruct | 97.0% |" in page

@@ -151,3 +151,60 @@ def test_evaluate_compares_both_arms_on_the_held_out_users_only(settings, tiny_m
     items = [json.loads(line) for line in (out.parent / "item" / "outcomes.jsonl").read_text().splitlines()]
     assert {o["user_id"] for o in items} <= held_out and len({o["user_id"] for o in items}) > 0.8 * len(held_out)
     assert all(o["sample_id"].startswith("item-") for o in items)
+
+
+def other_model(tiny_model, folder):
+    """The tiny Llama with other random weights: a second model to judge."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(7)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.integration
+def test_another_reflector_judges_the_same_answers_of_the_base_actor(settings, tiny_model, tmp_path, capsys):
+    """The reflector's size (Fig. 3): no adapters needed; one sample's answer is seeded, with a different verdict from
+    each model, so each arm must have asked its own judge."""
+    judge = other_model(tiny_model, tmp_path / "judge")
+    sample = held_out_samples(settings, 1)[0]
+    cfg, args = teacher_config(settings), ("user", "movies", sample.inputs)
+    answered = prompts.answered_chat(*args, "likes comedies", sample.target)
+    reflect = prompts.reflect_chat(*args, "likes comedies")
+    verdict, scored = cfg.reflect(), cfg.scored(cfg.reflect(), ("reasonable", "not reasonable"))
+    base_id, judge_id = (TransformersBackend(str(m), dtype="float32").model_id for m in (tiny_model, judge))
+    replies = [
+        (base_id, prompts.reason_chat(*args, sample.target), cfg.reason("user"), "<preference>likes comedies</preference>"),
+        (base_id, prompts.predict_chat(answered, "user", "movies"), cfg.predict(), "<prediction>yes</prediction>"),
+        (base_id, prompts.predict_chat(answered, "user", "movies"), cfg.scored(cfg.predict(), ("yes", "no")), '{"yes": 0.9, "no": 0.1}'),
+        (base_id, reflect, verdict, "<judgement>reasonable</judgement><reflection>fine</reflection>"),
+        (base_id, reflect, scored, '{"reasonable": 0.7, "not reasonable": 0.3}'),
+        (judge_id, reflect, verdict, "<judgement>not reasonable</judgement><reflection>cite ratings</reflection>"),
+        (judge_id, reflect, scored, '{"reasonable": 0.2, "not reasonable": 0.8}'),
+    ]  # fmt: skip
+    AnswerCache(settings.answer_cache_path).put_many(
+        {answer_key(model_id, Request.chat(chat), gen): Generation(reply, 10, 5) for model_id, chat, gen, reply in replies}
+    )
+
+    assert main(["tuning", "evaluate", "--targets-per-user", "1", "--reflector-model", str(judge)]) == 0
+    assert "accuracy base" in capsys.readouterr().out
+    out = layout.evaluation_dir(settings, "user", str(judge))
+    assert out.name == "user-reflector-judge"
+    outcomes = [json.loads(line) for line in (out / "outcomes.jsonl").read_text().splitlines()]
+    by_arm = {arm: {o["sample_id"]: o for o in outcomes if o["arm"] == arm} for arm in ("base", "reflector judge")}
+    assert by_arm["base"].keys() == by_arm["reflector judge"].keys() and len(by_arm["base"]) > 5
+    for sample_id, base in by_arm["base"].items():  # one actor: the same answers and predictions in both arms
+        other = by_arm["reflector judge"][sample_id]
+        assert (other["answer_words"], other["prediction"], other["p_like"]) == (base["answer_words"], base["prediction"], base["p_like"])
+    ours = (by_arm["base"][sample.sample_id], by_arm["reflector judge"][sample.sample_id])
+    assert [(o["verdict"], o["p_reasonable"]) for o in ours] == [("reasonable", 0.7), ("not reasonable", 0.2)]
+    assert ours[0]["refined_prediction"] is None and ours[1]["llm_calls"] >= 1  # rejected: the base actor refined it
+    figures = json.loads((out / "evaluation.json").read_text())
+    assert figures["built_from"]["reflector_model"].startswith("transformers:") and figures["built_from"]["reflector_model"] != figures["built_from"]["model"]
+    assert "| reflector judge |" in (out / "evaluation.md").read_text()
+    assert not layout.evaluation_dir(settings, "user").exists()  # the tuned pair's comparison is another folder

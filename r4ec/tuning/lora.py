@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from r4ec import fingerprint
-from r4ec.local_models import model_identity
+from r4ec.local_models import is_adapter, model_identity
 
 log = logging.getLogger(__name__)
 ROLE_SETS = {"actor": ("reason", "refine"), "reflector": ("reflect",)}
@@ -216,7 +216,7 @@ def _finished(out_dir: Path, about: dict) -> TuningResult | None:
     """The result a finished run of this very training recorded (its adapter saved), else None: run again, it is
     not trained again, and its training.json keeps the time the training took."""
     record_path = out_dir / "training.json"
-    if not (record_path.is_file() and (out_dir / "adapter" / "adapter_config.json").is_file()):
+    if not (record_path.is_file() and is_adapter(out_dir / "adapter")):
         return None
     record = json.loads(record_path.read_text())
     wanted = json.loads(json.dumps(about))  # as a record reads back

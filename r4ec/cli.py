@@ -602,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with --actor-adapter / --reflector-adapter (default: none)")  # fmt: skip
     train.add_argument("--limit", type=int, help="the knowledge runs made on a sample of this many users and items "
                        "(knowledge generate --limit; default: the full runs)")  # fmt: skip
+    train.add_argument("--encoder", help="the knowledge runs' vectors by this encoder (knowledge encode --encoder; "
+                       "default: all-MiniLM-L6-v2)")  # fmt: skip
     train.add_argument("--seeds", nargs="+", type=int, help="several seeds (default: --seed)")
     train.add_argument("--epochs", type=int, help="at most this many epochs (default: 10)")
     train.add_argument("--patience", type=int, help="stop after this many epochs without a better valid AUC (default: 2)")

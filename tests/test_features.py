@@ -191,3 +191,21 @@ def test_the_registry_holds_exactly_the_runs_on_disk_and_samples_keep_their_name
     views = {view.name for view in store.feature_store(settings).list_feature_views()}
     assert not any("sample" in name for name in views)
     assert {source.name for source in store.feature_store(settings).list_data_sources()} >= {"user_knowledge_iterative"}
+
+
+def test_each_encoder_of_one_knowledge_run_is_served_under_its_own_name(ml1m, tmp_path):
+    """Table 4: MiniLM's and another encoder's vectors of the same knowledge are two services, each reading its own."""
+    settings = feast_settings(ml1m, tmp_path)
+    first = samples(settings).groupby("user_id").event_timestamp.min()
+    for run, fill in (("iterative", 1.0), ("iterative-enc-other", 3.0)):
+        write_vectors(settings, "user", run, 0, [(u, t, fill) for u, t in first.items()])
+        write_vectors(settings, "item", run, 0, [("1", first.min(), fill)])
+    assert sorted(p.name for p in (settings.knowledge_dir / "iterative").iterdir()) == [
+        "item_knowledge", "item_knowledge_vectors", "item_knowledge_vectors-other", "user_knowledge",
+        "user_knowledge_vectors", "user_knowledge_vectors-other"]  # fmt: skip
+    assert store.apply(settings) == ["base", "iterative", "iterative_enc_other"]
+    for service, fill in (("iterative", 1.0), ("iterative_enc_other", 3.0)):
+        frame = store.training_set(settings, samples(settings), service)
+        assert {v[0] for v in frame.user_knowledge_vector} == {fill}
+    (settings.knowledge_dir / "iterative" / "item_knowledge_vectors-other" / "_COMPLETE.json").unlink()
+    assert store.apply(settings) == ["base", "iterative"]  # half re-encoded: not served; MiniLM's still is

@@ -36,7 +36,7 @@ def test_a_bad_parameter_is_one_line_naming_it():
 
 def test_the_spark_jobs_get_the_same_settings_as_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("R4EC_DATA_DIR", str(tmp_path))
-    env = spark_env({"strategy": "filter", "limit": 7, "dataset": "ml-100k"},
+    env = spark_env({"strategy": "filter", "limit": 7, "dataset": "ml-100k", "encoder": "/m/all-mpnet-base-v2"},
                     refresh_start=datetime(1998, 1, 1, tzinfo=UTC), refresh_end=datetime(1998, 1, 8, tzinfo=UTC))  # fmt: skip
     assert env["R4EC_KNOWLEDGE__STRATEGY"] == "filter" and env["R4EC_KNOWLEDGE__LIMIT"] == "7"
     assert env["R4EC_REFRESH_END"] == "1998-01-08T00:00:00+00:00" and env["PYSPARK_PYTHON"] == sys.executable
@@ -44,6 +44,7 @@ def test_the_spark_jobs_get_the_same_settings_as_variables(tmp_path, monkeypatch
         monkeypatch.setenv(name, value)
     rebuilt = Settings()
     assert (rebuilt.data_dir, rebuilt.knowledge.strategy, rebuilt.knowledge.limit) == (tmp_path, "filter", 7)
+    assert layout.KnowledgeRun.of(rebuilt).folder == "filter-enc-allmpnetbasev2-sample7"  # the DAG's run is the encoder's own
     assert rebuilt.refresh_end == datetime(1998, 1, 8, tzinfo=UTC)
 
 

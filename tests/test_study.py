@@ -64,6 +64,22 @@ def test_the_plan_runs_every_stage_with_the_same_settings_and_sample(tmp_path):
     assert plan(Study(), settings).commands[-len(BENCHMARKS):] == [["benchmark", name] for name in BENCHMARKS]  # last
 
 
+def test_the_plan_encodes_a_run_with_a_second_encoder_and_trains_its_own_rows(tmp_path):
+    """Table 4: iterative's knowledge by all-mpnet-base-v2, fetched from its wheels, encoded and trained as its run."""
+    settings = Settings(data_dir=tmp_path)
+    study = Study(("--data-dir", str(tmp_path)), ("iterative-enc-allmpnetbasev2", "iterative-enc-bgem3"), ("din",), (1,),
+                  benchmarks=())  # fmt: skip
+    made = plan(study, settings)
+    mpnet = str(settings.models_dir / "all-mpnet-base-v2")
+    assert [c[:3] for c in made.commands[2:5]] == [["models", "fetch", "all-mpnet-base-v2"],
+                                                   ["knowledge", "generate", "--strategy"], ["knowledge", "encode", "--strategy"]]  # fmt: skip
+    assert "--encoder" not in made.commands[3]  # the knowledge is iterative's own
+    encode, train = made.commands[4], made.commands[6]
+    assert encode[encode.index("--encoder") + 1] == train[train.index("--encoder") + 1] == mpnet
+    assert train[train.index("--knowledge") + 1 : train.index("--seeds")] == ["none", "iterative"]
+    assert "no local encoder is named bgem3" in made.skipped["iterative-enc-bgem3"]
+
+
 def test_a_long_command_is_saved_from_while_it_runs(monkeypatch):
     """A machine may go in the middle of a three-hour command: the archive is saved every SAVE_EVERY_S meanwhile."""
     monkeypatch.setattr(study, "SAVE_EVERY_S", 0.05)

@@ -43,6 +43,12 @@ class KnowledgeError(Exception):
     """The job cannot start (missing inputs, an output folder from other settings); one line for the user."""
 
 
+def _vectors_stale(settings: Settings, entity: str) -> None:
+    """The knowledge changed: no encoder's vectors of it are complete until `knowledge encode` has run again."""
+    for vectors in layout.all_vectors_dirs(settings, entity):
+        (vectors / layout.COMPLETE).unlink(missing_ok=True)
+
+
 def output_schema(entity: str) -> pa.Schema:
     strings = pa.list_(pa.string())
     return pa.schema(
@@ -296,7 +302,8 @@ def _prepare_output(settings: Settings, entity: str, wanted: dict, overwrite: bo
             )
         log.warning("%s: replacing a run built from other inputs or settings, and its vectors", out_dir)
         shutil.rmtree(out_dir)
-        shutil.rmtree(layout.vectors_dir(settings, entity), ignore_errors=True)
+        for vectors in layout.all_vectors_dirs(settings, entity):
+            shutil.rmtree(vectors, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2, sort_keys=True))
     for leftover in out_dir.glob("*.partial"):  # a part a killed run was writing
@@ -355,7 +362,7 @@ def refresh_knowledge(settings: Settings, entity: str) -> JobSummary:
     names = [layout.part_name(n, tag) for n in range(len(parts))]
     for stale in set(out_dir.glob(layout.part_name_glob(tag))) - {out_dir / name for name in names}:
         stale.unlink()  # an earlier attempt at this interval cut into more parts: the vectors no longer match
-        (layout.vectors_dir(settings, entity) / layout.COMPLETE).unlink(missing_ok=True)
+        _vectors_stale(settings, entity)
     (out_dir / layout.refresh_manifest_name(tag)).write_text(json.dumps(wanted, indent=2, sort_keys=True))
     sampled = f", {len(ids)} of them in the run's sample" if settings.knowledge.limit is not None else ""
     log.info("%s knowledge refresh %s to %s: %d %ss changed%s; %d parts", entity, settings.refresh_start,
@@ -410,7 +417,7 @@ def _run_parts(
     for n in todo:
         (out_dir / names[n]).unlink(missing_ok=True)
     if todo:  # its vectors no longer match it until `knowledge encode` has run again
-        (layout.vectors_dir(settings, entity) / layout.COMPLETE).unlink(missing_ok=True)
+        _vectors_stale(settings, entity)
     log.info("%s knowledge: %d of %d parts to run", entity, len(todo), len(parts))
     started = time.perf_counter()
     results: list[dict] = []

@@ -37,6 +37,8 @@ SETTINGS_PARAMS: dict[str, tuple[object, dict, str]] = {
     "model": (None, _nullable({"type": "string", "minLength": 1}),
               "Actor model: smollm2-135m-instruct, a local model folder, or a served name."),
     "reflector_model": (None, _nullable({"type": "string", "minLength": 1}), "Reflector model (null: the actor's)."),
+    "encoder": (None, _nullable({"type": "string", "minLength": 1}), "Sentence encoder: all-MiniLM-L6-v2 or a local "
+                "folder; another is a run of its own over the same knowledge (iterative-enc-allmpnetbasev2)."),
 }  # fmt: skip
 
 TRAIN_PARAMS: dict[str, tuple[object, dict, str]] = {
@@ -69,7 +71,7 @@ REFRESH_PARAMS = {
 
 RETRAIN_PARAMS = {**SETTINGS_PARAMS, **TRAIN_PARAMS}
 
-_KNOWLEDGE = ("strategy", "rounds", "limit", "backend", "model", "reflector_model")
+_KNOWLEDGE = ("strategy", "rounds", "limit", "backend", "model", "reflector_model", "encoder")
 
 
 def overrides(params: dict) -> dict:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from r4ec.config import Settings
-from r4ec.layout import ENTITIES, KnowledgeRun
+from r4ec.layout import ENTITIES, KnowledgeRun, encoder_tag
 from r4ec.ranking import RankingError
 from r4ec.ranking.train import BACKBONES, SPLITS, TrainConfig, save, train
 
@@ -73,13 +73,15 @@ def train_configs(
     **options: object,
 ) -> list[TrainConfig]:
     """The sweep grid backbone x knowledge x seed. 'all' is every backbone but lr; lr trains on base features only
-    and takes no connector. K, the knowledge sample and the default seed come from the settings; `options` are
-    TrainConfig fields (epochs, learning_rate, ...), None meaning 'the default'."""
+    and takes no connector. K, the knowledge sample, its encoder and the default seed come from the settings;
+    `options` are TrainConfig fields (epochs, learning_rate, ...), None meaning 'the default'."""
     every = [name for name in BACKBONES if name != "lr"]
     names = list(dict.fromkeys(b for name in backbones for b in (every if name == "all" else [name])))
     options = {"history_length": settings.history_length, **{k: v for k, v in options.items() if v is not None}}
     lr_options = {k: v for k, v in options.items() if k != "connector"}  # no knowledge, so no connector
     seeds = list(seeds or ()) or [settings.seed]
+    encoder = encoder_tag(settings.knowledge.encoder)
+    knowledge = [k if k == "none" else KnowledgeRun.named(k).encoded_by(encoder).name for k in knowledge]
     return [
         TrainConfig(backbone=backbone, knowledge=kind, seed=seed,
                     knowledge_limit=settings.knowledge.limit if kind != "none" else None,

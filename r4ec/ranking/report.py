@@ -14,9 +14,9 @@ from pathlib import Path
 
 from r4ec import layout
 from r4ec.config import Settings
-from r4ec.layout import KnowledgeRun
+from r4ec.layout import KnowledgeRun, run_order
 from r4ec.ranking import RankingError
-from r4ec.ranking.train import BACKBONES, KNOWLEDGE
+from r4ec.ranking.train import BACKBONES
 
 LABELS = {"none": "Base", "text": "text, no LLM", "single": "single (KAR/R2ec)", "iterative": "iterative (R4ec)",
           "filter": "filter"}  # fmt: skip
@@ -40,7 +40,8 @@ class Row:
         run = KnowledgeRun.named(self.knowledge) if self.knowledge != "none" else KnowledgeRun("none")
         rounds = f", {run.rounds} rounds" if run.rounds != 1 else ""
         tuned = ", tuned actor and reflector" if run.tuned else ""
-        label = LABELS[run.strategy] + rounds + tuned + (f", sample {self.limit}" if self.limit else "")
+        encoder = f", encoder {run.encoder}" if run.encoder else ""
+        label = LABELS[run.strategy] + rounds + tuned + encoder + (f", sample {self.limit}" if self.limit else "")
         return label + ("" if self.connector == "mlp" or self.knowledge == "none" else f", {self.connector}")
 
     def mean(self, metric: str) -> float:
@@ -77,8 +78,8 @@ def collect(artifacts: Path, test_metrics: Callable[[Path], dict | None] | None 
     order = list(BACKBONES)
     return sorted(
         rows.values(),
-        key=lambda r: (order.index(r.backbone), KNOWLEDGE.index(r.knowledge), r.limit or 0, r.connector != "mlp",
-                       r.connector, r.knowledge_run["digest"] if r.knowledge_run else ""),
+        key=lambda r: (order.index(r.backbone), (-1, "") if r.knowledge == "none" else run_order(r.knowledge),
+                       r.limit or 0, r.connector != "mlp", r.connector, r.knowledge_run["digest"] if r.knowledge_run else ""),
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.layout import BASE_SERVICE, RUN_NAMES, KnowledgeRun
+from r4ec.layout import BASE_SERVICE, RUN_NAMES, KnowledgeRun, is_run_name
 from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
 from r4ec.ranking.connectors import CONNECTORS
@@ -55,7 +55,8 @@ class TrainConfig:
     sweep takes both from the settings in use (r4ec.ranking.experiment.train_configs)."""
 
     backbone: str = "din"
-    knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative, filter[-tuned]
+    knowledge: str = "none"  # the feature service's knowledge run: none (base), single, iterative-tuned, ... (any
+    # encoded by another encoder than the default: iterative-enc-allmpnetbasev2)
     knowledge_limit: int | None = None  # the knowledge run was on a sample of this many users and items
     seed: int = Settings.model_fields["seed"].default
     epochs: int = 10
@@ -73,7 +74,7 @@ class TrainConfig:
             f"unknown {name} '{value}' (known: {', '.join(known)})"
             for name, value, known in (("backbone", self.backbone, BACKBONES), ("knowledge", self.knowledge, KNOWLEDGE),
                                        ("connector", self.connector, CONNECTORS))
-            if value not in known
+            if value not in known and not (name == "knowledge" and is_run_name(value))
         ]  # fmt: skip
         positive = ("epochs", "patience", "batch_size", "dim", "history_length")
         at_least_one = {name: getattr(self, name) for name in positive}

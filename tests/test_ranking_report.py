@@ -119,3 +119,31 @@ def test_a_run_is_labelled_by_its_model_or_as_having_none():
     assert label(about) == f"iterative · smollm2-135m-instruct@{'1' * 12} · prompts v3 · {'f' * 12}"
     text = {**about, "name": "text", "user": {"model": None, "prompt_version": "v3"}}
     assert label(text).startswith("text · no LLM · prompts v3")
+    mpnet = {**about, "name": "iterative-enc-allmpnetbasev2",
+             "user": {**about["user"], "encoder": "all-mpnet-base-v2@sha256:" + "2" * 64}}  # fmt: skip
+    assert f" · prompts v3 · encoder all-mpnet-base-v2@{'2' * 12} · " in label(mpnet)  # Table 4: which encoder made it
+
+
+def test_each_ablation_is_read_against_iterative_backbone_by_backbone(tmp_path):
+    from r4ec.ranking.report import ablations
+
+    for seed, (ref, single, mpnet) in enumerate([(0.80, 0.78, 0.805), (0.81, 0.785, 0.80), (0.79, 0.772, 0.795)], 1):
+        for backbone, shift in (("din", 0.0), ("dcn", 0.01)):
+            write_run(tmp_path, backbone, "iterative", seed, ref + shift, 0.5)
+            write_run(tmp_path, backbone, "single", seed, single + shift, 0.5)
+        write_run(tmp_path, "din", "iterative-enc-allmpnetbasev2", seed, mpnet, 0.5)
+        write_run(tmp_path, "din", "none", seed, 0.7, 0.6)
+    rows = collect(tmp_path)
+    text = ablations(rows).splitlines()
+    assert text[2] == "| Variant | What it changes | DIN | DCN | mean | > 2σ ahead / behind |"
+    single = [0.78 - 0.80, 0.785 - 0.81, 0.772 - 0.79]
+    sigmas = statistics.fmean(single) / statistics.stdev(single)
+    assert sigmas < -2
+    assert text[4] == (f"| single (KAR/R2ec) · single | Fig. 6: no reflect / refine round | {statistics.fmean(single):+.4f} "
+                       f"{sigmas:+.1f}σ | {statistics.fmean(single):+.4f} {sigmas:+.1f}σ | {statistics.fmean(single):+.4f} "
+                       "| 0 / 2 of 2 |")  # fmt: skip
+    mpnet = [0.005, -0.01, 0.005]
+    assert text[5].startswith(f"| iterative (R4ec) · iterative-enc-allmpnetbasev2 | Table 4: encoder allmpnetbasev2 | "
+                              f"{statistics.fmean(mpnet):+.4f} ")  # fmt: skip
+    assert text[5].endswith(" |  | " + f"{statistics.fmean(mpnet):+.4f} | 0 / 0 of 1 |")  # DIN only; within its spread
+    assert len(text) == 8 and ablations([r for r in rows if r.knowledge != "iterative"]) == ""

@@ -42,11 +42,15 @@ def describe(settings: Settings, run: KnowledgeRun) -> dict:
 def label(about: dict) -> str:
     """One line for a table: `iterative-sample20 · smollm2-135m-instruct@1a2b3c4d5e6f · prompts v2 · 3f9e...`."""
     user = about["user"]
-    if user["model"] is None:  # the text strategy
-        model = "no LLM"
-    else:
-        name, _, digest = user["model"].partition("@")
-        model = name + (f"@{fingerprint.short(digest)}" if digest else "")
+    model = "no LLM" if user["model"] is None else _short(user["model"])  # None: the text strategy
     adapters = "".join(f" + {role} {fingerprint.short(user[role].split('@')[-1])}"
                        for role in ("actor_adapter", "reflector_adapter") if user.get(role))  # fmt: skip
-    return f"{about['name']} · {model}{adapters} · prompts {user['prompt_version']} · {fingerprint.short(about['digest'])}"
+    encoder = f" · encoder {_short(user['encoder'])}" if user.get("encoder") else ""
+    return (f"{about['name']} · {model}{adapters} · prompts {user['prompt_version']}{encoder} · "
+            f"{fingerprint.short(about['digest'])}")  # fmt: skip
+
+
+def _short(identity: str) -> str:
+    """`name@sha256:<64 hex>` as `name@<12 hex>`."""
+    name, _, digest = identity.partition("@")
+    return name + (f"@{fingerprint.short(digest)}" if digest else "")

@@ -7,6 +7,7 @@ each split had knowledge."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,17 +88,68 @@ def base_of(rows: list[Row], row: Row) -> Row | None:
     return next((r for r in rows if r.backbone == row.backbone and r.knowledge == "none"), None)
 
 
-def gap_ratio(row: Row, base: Row) -> str:
-    """`+3.1σ`: the mean per-seed AUC gap to Base over its sample standard deviation (the seeds both rows have)."""
+def gap_sigmas(row: Row, base: Row) -> float | None:
+    """The mean per-seed AUC gap to `base` over its sample standard deviation (the seeds both rows have; ±inf for
+    a gap without spread); None with fewer than two such seeds, or no gap and no spread."""
     base_auc = dict(zip(base.seeds, base.auc))
     gaps = [auc - base_auc[seed] for seed, auc in zip(row.seeds, row.auc) if seed in base_auc]
     if len(gaps) < 2:
-        return ""
-    spread = statistics.stdev(gaps)
-    mean = statistics.fmean(gaps)
+        return None
+    spread, mean = statistics.stdev(gaps), statistics.fmean(gaps)
     if spread == 0:
-        return "" if mean == 0 else ("+inf σ" if mean > 0 else "-inf σ")
-    return f"{mean / spread:+.1f}σ"
+        return None if mean == 0 else math.copysign(math.inf, mean)
+    return mean / spread
+
+
+def gap_ratio(row: Row, base: Row) -> str:
+    """`+3.1σ` (gap_sigmas), `+inf σ`, or empty."""
+    sigmas = gap_sigmas(row, base)
+    if sigmas is None:
+        return ""
+    return f"{'+' if sigmas > 0 else '-'}inf σ" if math.isinf(sigmas) else f"{sigmas:+.1f}σ"
+
+
+REFERENCE = "iterative"  # the paper's run, which each ablation changes in one respect
+ABLATIONS = (("text", "no LLM: the prompt's facts encoded as they are"), ("single", "Fig. 6: no reflect / refine round"),
+             ("iterative-r2", "Fig. 6: two rounds"), ("filter", "Fig. 5: k answers judged and filtered, not refined"),
+             ("iterative-tuned", "the tuned actor and reflector"))  # fmt: skip
+
+
+def ablations(rows: list[Row]) -> str:
+    """Each variant of the paper's run against it, backbone by backbone (full runs, MLP connector): the mean test AUC
+    gap and that gap over its seed spread, so each of the paper's figures reads off one line. Empty when no variant
+    and reference share a backbone."""
+    full = [r for r in rows if r.limit is None and r.connector == "mlp"]
+    reference = {r.backbone: r for r in full if r.knowledge == REFERENCE}
+    encoders = sorted({r.knowledge for r in full if r.knowledge != "none" and KnowledgeRun.named(r.knowledge).encoder
+                       and KnowledgeRun.named(r.knowledge).encoded_by(None).name == REFERENCE})  # fmt: skip
+    variants = [*ABLATIONS, *((k, f"Table 4: encoder {KnowledgeRun.named(k).encoder}") for k in encoders)]
+    backbones = [b for b in BACKBONES if b in reference]
+    lines = []
+    for knowledge, what in variants:
+        found = {r.backbone: r for r in full if r.knowledge == knowledge and r.backbone in reference}
+        if not found:
+            continue
+        gaps = {b: found[b].mean("auc") - reference[b].mean("auc") for b in found}
+        sigmas = [gap_sigmas(found[b], reference[b]) for b in found]
+        cells = [f"{gaps[b]:+.4f} {gap_ratio(found[b], reference[b])}".strip() if b in found else "" for b in backbones]
+        ahead, behind = sum(s is not None and s > 2 for s in sigmas), sum(s is not None and s < -2 for s in sigmas)
+        lines.append(f"| {LABELS[KnowledgeRun.named(knowledge).strategy]} · {knowledge} | {what} | " + " | ".join(cells)
+                     + f" | {statistics.fmean(gaps.values()):+.4f} | {ahead} / {behind} of {len(found)} |")  # fmt: skip
+    if not lines:
+        return ""
+    names = " | ".join(NAMES.get(b, b) for b in backbones)
+    return "\n".join([
+        "### Ablations: each variant against iterative (R4ec), per backbone",
+        "",
+        f"| Variant | What it changes | {names} | mean | > 2σ ahead / behind |",
+        "|---|---|" + "---:|" * (len(backbones) + 2),
+        *lines,
+        "",
+        "Test AUC of the variant minus iterative's (full runs, MLP connector), mean over seeds, and that gap over the "
+        "sample standard deviation of the per-seed gaps (seeds both have; none with fewer than two). Last column: on "
+        "how many backbones the variant is ahead of / behind iterative by more than twice its seed spread.",
+    ])  # fmt: skip
 
 
 def below_floor(rows: list[Row]) -> list[str]:
@@ -226,8 +278,9 @@ class Report:
 def write_report(
     artifacts: Path, out_dir: Path, dataset: str, ctr_samples: Path | None = None, training_dir: Path | None = None
 ) -> Report:
-    """Table 2 (table2.md, table2.png); given the CTR samples that define it, Table 2 on the long tail
-    (long_tail.md); given the training sets, what each knowledge run's vectors hold on their own (knowledge_probe.md)."""
+    """Table 2 (table2.md, table2.png) and its ablations against iterative (ablations.md, once there are any); given
+    the CTR samples that define it, Table 2 on the long tail (long_tail.md); given the training sets, what each
+    knowledge run's vectors hold on their own (knowledge_probe.md)."""
     rows = collect(artifacts)
     if not rows:
         raise RankingError(f"no finished runs under {artifacts}; train some with `r4ec train` first")
@@ -242,6 +295,10 @@ def write_report(
         tail_path = out_dir / "long_tail.md"
         tail_path.write_text(long_tail(artifacts, ctr_samples, dataset) + "\n")
     probe_path = write_probe(training_dir, out_dir, dataset) if training_dir is not None else None
+    ablations_path = out_dir / "ablations.md"
+    ablations_path.unlink(missing_ok=True)
+    if compared := ablations(rows):
+        ablations_path.write_text(compared + "\n")
     return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path, probe_path)
 
 

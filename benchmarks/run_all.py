@@ -16,17 +16,24 @@ import sys
 from pathlib import Path
 
 from r4ec.config import Settings
-from r4ec.layout import RUN_NAMES
+from r4ec.layout import RUN_NAMES, is_run_name
 from r4ec.ranking.train import BACKBONES
 from r4ec.study import BENCHMARKS, DEFAULT_KNOWLEDGE, Study, run
+
+
+def run_name(name: str) -> str:
+    if not is_run_name(name):
+        raise argparse.ArgumentTypeError(f"{name!r} names no knowledge run")
+    return name
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="as for r4ec (default: data)")
     parser.add_argument("--dataset", help="as for r4ec (default: ml-100k)")
-    parser.add_argument("--knowledge", nargs="+", choices=RUN_NAMES, default=list(DEFAULT_KNOWLEDGE),
-                        help=f"knowledge runs, each beside Base (default: {' '.join(DEFAULT_KNOWLEDGE)})")  # fmt: skip
+    parser.add_argument("--knowledge", nargs="+", type=run_name, default=list(DEFAULT_KNOWLEDGE),
+                        help=f"knowledge runs, each beside Base: {', '.join(RUN_NAMES)}, each also as NAME-enc-TAG "
+                             f"for another encoder (default: {' '.join(DEFAULT_KNOWLEDGE)})")  # fmt: skip
     parser.add_argument("--backbones", nargs="+", choices=[*BACKBONES, "all"], default=["lr", "all"],
                         help="default: lr all (all = every backbone but lr)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")

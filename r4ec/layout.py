@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import get_args
 
 from r4ec.config import KnowledgeSettings, Settings
+from r4ec.local_models import MINILM
 
 ENTITIES = ("user", "item")
 BASE_SERVICE = "base"
@@ -48,13 +49,12 @@ _RUN = re.compile(
     r"(?:[-_]sample(?P<limit>[1-9][0-9]*))?$"
 )
 VECTORS = "{entity}_knowledge_vectors"
-DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # local_models.MINILM, named here without importing the model code
 
 
 def encoder_tag(encoder: str) -> str | None:
     """How a run's name says its encoder: nothing for the default, else the folder's name in lower-case letters and
     digits (`data/models/all-mpnet-base-v2` -> `allmpnetbasev2`)."""
-    if encoder == DEFAULT_ENCODER:
+    if encoder == MINILM:
         return None
     tag = re.sub(r"[^a-z0-9]", "", Path(encoder).name.lower())
     if not tag:

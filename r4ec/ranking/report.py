@@ -103,7 +103,10 @@ def gap_sigmas(row: Row, base: Row) -> float | None:
 
 def gap_ratio(row: Row, base: Row) -> str:
     """`+3.1σ` (gap_sigmas), `+inf σ`, or empty."""
-    sigmas = gap_sigmas(row, base)
+    return sigmas_text(gap_sigmas(row, base))
+
+
+def sigmas_text(sigmas: float | None) -> str:
     if sigmas is None:
         return ""
     return f"{'+' if sigmas > 0 else '-'}inf σ" if math.isinf(sigmas) else f"{sigmas:+.1f}σ"
@@ -121,8 +124,8 @@ def ablations(rows: list[Row]) -> str:
     and reference share a backbone."""
     full = [r for r in rows if r.limit is None and r.connector == "mlp"]
     reference = {r.backbone: r for r in full if r.knowledge == REFERENCE}
-    encoders = sorted({r.knowledge for r in full if r.knowledge != "none" and KnowledgeRun.named(r.knowledge).encoder
-                       and KnowledgeRun.named(r.knowledge).encoded_by(None).name == REFERENCE})  # fmt: skip
+    named = {r.knowledge: KnowledgeRun.named(r.knowledge) for r in full if r.knowledge != "none"}
+    encoders = sorted(k for k, run in named.items() if run.encoder and run.encoded_by(None).name == REFERENCE)
     variants = [*ABLATIONS, *((k, f"Table 4: encoder {KnowledgeRun.named(k).encoder}") for k in encoders)]
     backbones = [b for b in BACKBONES if b in reference]
     lines = []
@@ -131,9 +134,10 @@ def ablations(rows: list[Row]) -> str:
         if not found:
             continue
         gaps = {b: found[b].mean("auc") - reference[b].mean("auc") for b in found}
-        sigmas = [gap_sigmas(found[b], reference[b]) for b in found]
-        cells = [f"{gaps[b]:+.4f} {gap_ratio(found[b], reference[b])}".strip() if b in found else "" for b in backbones]
-        ahead, behind = sum(s is not None and s > 2 for s in sigmas), sum(s is not None and s < -2 for s in sigmas)
+        sigmas = {b: gap_sigmas(found[b], reference[b]) for b in found}
+        cells = [f"{gaps[b]:+.4f} {sigmas_text(sigmas[b])}".strip() if b in found else "" for b in backbones]
+        ahead = sum(s is not None and s > 2 for s in sigmas.values())
+        behind = sum(s is not None and s < -2 for s in sigmas.values())
         lines.append(f"| {LABELS[KnowledgeRun.named(knowledge).strategy]} · {knowledge} | {what} | " + " | ".join(cells)
                      + f" | {statistics.fmean(gaps.values()):+.4f} | {ahead} / {behind} of {len(found)} |")  # fmt: skip
     if not lines:

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from r4ec.config import Settings
-from r4ec.knowledge.job import KnowledgeError, generate_knowledge, output_schema, select_entities
+from r4ec.knowledge import KnowledgeError
+from r4ec.knowledge.job import generate_knowledge, output_schema, select_entities
 from r4ec.knowledge.report import knowledge_report, summarize
 from r4ec.layout import knowledge_dir as output_dir
 

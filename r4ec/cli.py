@@ -648,7 +648,7 @@ def _bad_settings(error: ValidationError) -> str:
 def _run(args: argparse.Namespace) -> int:
     """The command; a known error is one line on the terminal and exit status 2."""
     from r4ec.data import DataError
-    from r4ec.encoding import EncoderError
+    from r4ec.encoder import EncoderError
     from r4ec.features.store import FeaturesError
     from r4ec.knowledge import KnowledgeError
     from r4ec.knowledge.backends import BackendError

@@ -19,7 +19,7 @@ from r4ec.encoding import encode_knowledge
 from r4ec.knowledge import KnowledgeError, prompts
 from r4ec.knowledge.job import LLM_ENTRIES, generate_knowledge, manifest
 from r4ec.layout import knowledge_dir as output_dir
-from tests.test_knowledge_job import read, settings_for
+from tests.sample_files import read, settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -72,11 +72,11 @@ def ranking_step(settings: Settings) -> str:
     configs = train_configs(settings, ["lr", "din"], knowledge)
     run_experiments(settings, configs)
     report = write_dataset_report(settings)
-    aucs = ", ".join(f"{c.backbone} {c.knowledge}: {test_auc(settings, c.run_name):.4f}" for c in configs)
+    aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings, c.run_name):.4f}" for c in configs)
     return f"ranking: test AUC {aucs}; Table 2 of all {report.runs} finished runs at {report.markdown_path}"
 
 
-def test_auc(settings: Settings, run_name: str) -> float:
+def _test_auc(settings: Settings, run_name: str) -> float:
     return json.loads((settings.artifacts_dir / run_name / "metrics.json").read_text())["test"]["auc"]
 
 

@@ -30,11 +30,12 @@ import torch
 
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
-from r4ec.knowledge.backends import SMOLLM2, LlamaCppBackend, Request, cut_at_stop, smollm2_checkpoint
+from r4ec.knowledge.backends import LlamaCppBackend, Request, cut_at_stop
 from r4ec.knowledge.gguf_lora import adapter_gguf
 from r4ec.knowledge.job import generate_knowledge, loop_config, select_entities
 from r4ec.knowledge.report import read_knowledge
 from r4ec.layout import knowledge_dir
+from r4ec.local_models import SMOLLM2, smollm2_checkpoint
 
 GFLOP_PER_PROMPT_TOKEN = 0.21  # SmolLM2-135M, DESIGN §7
 GFLOP_PER_GENERATED_TOKEN = 0.3

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -212,10 +211,6 @@ def cmd_features_lookup(args: argparse.Namespace) -> None:
     print(frame.to_string(max_colwidth=40))
 
 
-def _test_auc(run: Path) -> float:
-    return json.loads((run / "metrics.json").read_text())["test"]["auc"]
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
@@ -284,69 +279,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from r4ec.data import load_dataset
-    from r4ec.encoding import encode_knowledge
-    from r4ec.features.store import apply, materialize, write_training_set
-    from r4ec.knowledge.job import generate_knowledge
-    from r4ec.knowledge.report import read_knowledge, summarize
-    from r4ec.layout import KnowledgeRun
-    from r4ec.marts import build_marts
+    from r4ec.demo import run_demo
 
     settings = _settings(args)
     if not args.full:
         settings = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"limit": args.sample})})
-
-    def knowledge(entity: str) -> str:
-        summary = generate_knowledge(settings, entity)
-        figures = summarize(read_knowledge(summary.out_dir))
-        judged = ", ".join(f"{ok}/{n} judged reasonable" for ok, n, _ in figures["reasonable_per_round"])
-        vectors = encode_knowledge(settings, entity).line()
-        return f"{summary.line()}; {judged or 'no reflection'}, {figures['refinements']} refined\n  - {vectors}"
-
-    registered: list[str] = []
-    run = KnowledgeRun.of(settings)  # with adapters, iterative-tuned: never the base models' run
-    service = run.service
-
-    def features() -> str:
-        services = registered[:] = apply(settings)
-        materialize(settings)
-        path, frame = write_training_set(settings, service if service in services else "base")
-        covered = {
-            entity: frame[f"{entity}_knowledge_vector"].notna().mean() if f"{entity}_knowledge_vector" in frame else 0
-            for entity in ("user", "item")
-        }
-        return (
-            f"feast: services {', '.join(services)}; training set of {len(frame):,} samples at {path}; knowledge "
-            f"vectors reach {covered['user']:.1%} (user) and {covered['item']:.1%} (item) of the samples"
-        )
-
-    def ranking() -> str:
-        import torch
-
-        from r4ec.ranking.experiment import run_experiments, train_configs
-        from r4ec.ranking.report import write_dataset_report
-
-        torch.set_num_threads(1)
-        configs = train_configs(settings, ["lr", "din"], ["none", run.name] if service in registered else ["none"])
-        run_experiments(settings, configs)
-        report = write_dataset_report(settings)
-        aucs = ", ".join(f"{c.backbone} {c.knowledge}: {_test_auc(settings.artifacts_dir / c.run_name):.4f}" for c in configs)
-        return f"ranking: test AUC {aucs}; Table 2 of all {report.runs} finished runs at {report.markdown_path}"
-
-    steps = [
-        ("data load", lambda: load_dataset(settings).line()),
-        ("marts build", lambda: build_marts(settings).line()),
-        ("user knowledge and vectors", lambda: knowledge("user")),
-        ("item knowledge and vectors", lambda: knowledge("item")),
-        ("feature store", features),
-        ("ranking", ranking),
-    ]
-    started = time.perf_counter()
-    lines = []
-    for number, (name, step) in enumerate(steps, start=1):
-        log.info("step %d/%d: %s", number, len(steps), name)
-        lines.append(step())
-    print(f"\nr4ec demo on {settings.dataset} finished in {time.perf_counter() - started:.0f}s")
+    lines, seconds = run_demo(settings)
+    print(f"\nr4ec demo on {settings.dataset} finished in {seconds:.0f}s")
     for line in lines:
         print(f"  - {line}")
     query = f"from '{settings.marts_dir}/ctr_samples.parquet' limit 5"
@@ -709,10 +648,10 @@ def _bad_settings(error: ValidationError) -> str:
 def _run(args: argparse.Namespace) -> int:
     """The command; a known error is one line on the terminal and exit status 2."""
     from r4ec.data import DataError
-    from r4ec.encoding import EncoderError
+    from r4ec.encoder import EncoderError
     from r4ec.features.store import FeaturesError
+    from r4ec.knowledge import KnowledgeError
     from r4ec.knowledge.backends import BackendError
-    from r4ec.knowledge.job import KnowledgeError
     from r4ec.local_models import ModelFilesError
     from r4ec.marts import MartsError
     from r4ec.ranking import RankingError

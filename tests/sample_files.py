@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from r4ec import layout
 from r4ec.config import Settings
@@ -133,3 +135,16 @@ def ask_chat(text: str) -> list[dict[str, str]]:
     from r4ec.knowledge import prompts
 
     return [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": text}]
+
+
+def settings_for(ml1m: Settings, data_dir: Path, tiny_model: Path, **knowledge) -> Settings:
+    """The small ML-1M marts in a data_dir of the test's own, and a tiny model that writes 8 tokens a step."""
+    if not (data_dir / "marts").exists():
+        shutil.copytree(ml1m.marts_dir, data_dir / "marts" / "ml-1m")
+    options = {"backend": "transformers", "model": str(tiny_model), "dtype": "float32", "max_new_tokens": 8, "partition_size": 4,
+               "limit": 10, "spark_master": "local[2]", **knowledge}  # fmt: skip
+    return Settings(data_dir=data_dir, dataset="ml-1m", knowledge=options)
+
+
+def read(settings: Settings, entity: str) -> list[dict]:
+    return ds.dataset(layout.knowledge_dir(settings, entity), format="parquet").to_table().to_pylist()

@@ -14,11 +14,12 @@ import pytest
 from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import EncoderError, TextEncoder, VectorCache, encode_knowledge, texts_of
-from r4ec.knowledge import prompts
-from r4ec.knowledge.job import LLM_ENTRIES, KnowledgeError, generate_knowledge, manifest
+from r4ec.encoder import EncoderError, TextEncoder, VectorCache, texts_of
+from r4ec.encoding import encode_knowledge
+from r4ec.knowledge import KnowledgeError, prompts
+from r4ec.knowledge.job import LLM_ENTRIES, generate_knowledge, manifest
 from r4ec.layout import knowledge_dir as output_dir
-from tests.test_knowledge_job import read, settings_for
+from tests.sample_files import read, settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,30 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from r4ec.config import Settings
-from r4ec.knowledge.job import KnowledgeError, generate_knowledge, output_schema, select_entities
+from r4ec.knowledge import KnowledgeError
+from r4ec.knowledge.job import generate_knowledge, output_schema, select_entities
 from r4ec.knowledge.report import knowledge_report, summarize
 from r4ec.layout import knowledge_dir as output_dir
+from tests.sample_files import read, settings_for
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
-
-
-def settings_for(ml1m: Settings, data_dir: Path, tiny_model: Path, **knowledge) -> Settings:
-    """The small ML-1M marts in a data_dir of the test's own, and a tiny model that writes 8 tokens a step."""
-    if not (data_dir / "marts").exists():
-        shutil.copytree(ml1m.marts_dir, data_dir / "marts" / "ml-1m")
-    options = {"backend": "transformers", "model": str(tiny_model), "dtype": "float32", "max_new_tokens": 8, "partition_size": 4,
-               "limit": 10, "spark_master": "local[2]", **knowledge}  # fmt: skip
-    return Settings(data_dir=data_dir, dataset="ml-1m", knowledge=options)
-
-
-def read(settings: Settings, entity: str) -> list[dict]:
-    return ds.dataset(output_dir(settings, entity), format="parquet").to_table().to_pylist()
 
 
 def test_one_part_per_partition_each_entity_once(ml1m, tiny_model, tmp_path):

@@ -17,11 +17,12 @@ import pytest
 from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
-from r4ec.knowledge.backends import SMOLLM2, BackendError, GenerationConfig, LlamaCppBackend, Request
+from r4ec.knowledge.backends import BackendError, GenerationConfig, LlamaCppBackend, Request
 from r4ec.knowledge.job import generate_knowledge, loop_config
 from r4ec.knowledge.parsing import parse_judgement
 from r4ec.layout import MANIFEST
 from r4ec.layout import knowledge_dir as output_dir
+from r4ec.local_models import SMOLLM2
 
 pytestmark = pytest.mark.integration
 

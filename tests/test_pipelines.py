@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data import load_dataset
-from r4ec.knowledge.job import KnowledgeError, manifest, refresh_knowledge
+from r4ec.knowledge import KnowledgeError
+from r4ec.knowledge.job import manifest, refresh_knowledge
 from r4ec.pipelines import PipelineError
 from r4ec.pipelines.params import BUILD_PARAMS, REFRESH_PARAMS, overrides, settings_of, spark_env
 

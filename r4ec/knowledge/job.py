@@ -27,20 +27,16 @@ from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.console import FORMAT
 from r4ec.data.tables import write_parquet
-from r4ec.knowledge import llamacpp
-from r4ec.knowledge.backends import SMOLLM2, GenerationConfig, adapter_names, build_backend
+from r4ec.knowledge import KnowledgeError, llamacpp
+from r4ec.knowledge.backends import GenerationConfig, adapter_names, build_backend
 from r4ec.knowledge.cache import AnswerCache, CachedBackend
 from r4ec.knowledge.loop import Chain, LoopConfig, run_loop
 from r4ec.knowledge.progress import FOLDER as PROGRESS_FOLDER
 from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import PROMPT_VERSION
-from r4ec.local_models import adapter_identity, model_identity, resolve_dtype, smollm2_checkpoint
+from r4ec.local_models import SMOLLM2, adapter_identity, model_identity, resolve_dtype, smollm2_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class KnowledgeError(Exception):
-    """The job cannot start (missing inputs, an output folder from other settings); one line for the user."""
 
 
 def _vectors_stale(settings: Settings, entity: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from r4ec.knowledge.job import KnowledgeError
+from r4ec.knowledge import KnowledgeError
 
 
 def read_knowledge(out_dir: Path) -> list[dict]:

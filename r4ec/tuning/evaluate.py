@@ -32,7 +32,8 @@ from pathlib import Path
 
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
-from r4ec.knowledge.job import KnowledgeError, pipelines, serving_engines, worker_backend
+from r4ec.knowledge import KnowledgeError
+from r4ec.knowledge.job import pipelines, serving_engines, worker_backend
 from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
 from r4ec.local_models import adapter_identity, is_adapter

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
+from r4ec.knowledge import KnowledgeError
 from r4ec.knowledge.backends import GenerationConfig
 from r4ec.knowledge.job import (
     PROTOCOL_VARS,
-    KnowledgeError,
     log_to_stderr,
     part_stamp,
     pipelines,

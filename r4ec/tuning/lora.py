@@ -260,8 +260,7 @@ def _resume(out_dir: Path, about: dict, model, optimizer, schedule, set_state, l
 
 def base_model(settings) -> tuple[Path, str]:
     """The folder of the model the adapters are trained on (the knowledge model, as transformers loads it)."""
-    from r4ec.knowledge.backends import SMOLLM2
-    from r4ec.local_models import smollm2_checkpoint
+    from r4ec.local_models import SMOLLM2, smollm2_checkpoint
 
     model = settings.knowledge.model
     path = smollm2_checkpoint(settings.models_dir, "float32") if model == SMOLLM2 else Path(model)

@@ -287,7 +287,10 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
         Kept(at(sft_dir(settings)), ("*.jsonl", "card.json"), "card.json"),
         Kept(at(adapter_dir(settings, "*")), ("training.json", "adapter/*"), "adapter/adapter_config.json"),
         Kept(at(evaluation_dir(settings, "*")), ("evaluation.*", "outcomes.jsonl"), "evaluation.json"),
-        Kept(at(settings.artifacts_dir, "*"), ("*",), "metrics.json"),  # finished training runs, not `published/`
+        # finished training runs (not `published/`), without their weights (~0.8 MB a run): the study's pages read
+        # the metrics and test predictions, and it publishes nothing; a run to serve is trained again in minutes
+        Kept(at(settings.artifacts_dir, "*"), ("config.json", "metrics.json", "predictions.parquet", "vocab.json"),
+             "metrics.json"),
         Kept(at(settings.reports_dir), (STUDY_JOURNAL,)),
         Kept(at(benchmarks_dir(settings)), ("*.md",)),
     )

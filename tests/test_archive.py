@@ -22,7 +22,8 @@ def data_dir(root: Path) -> Settings:
         RUN / "_manifest.json": '{"inputs": "a"}', RUN / "part-00000.parquet": "part 0", RUN / "part-00001.parquet": "part 1",
         RUN / "part-00002.parquet.partial": "a part being written",
         Path("knowledge/ml-100k/iterative/user_knowledge_vectors/part-00000.parquet"): "vectors: minutes to encode",
-        TRAINED / "config.json": "{}", TRAINED / "model.pt": "weights", TRAINED / "metrics.json": "{}",
+        TRAINED / "config.json": "{}", TRAINED / "model.pt": "weights: not kept", TRAINED / "metrics.json": "{}",
+        TRAINED / "predictions.parquet": "test predictions",
         Path("models/artifacts/ml-100k/dcn-none-none-seed1/config.json"): "{} (killed while training: no metrics)",
         ADAPTER / "training.json": "{}", ADAPTER / "adapter/adapter_config.json": "{}",
         ADAPTER / "adapter/adapter_model.safetensors": "lora", ADAPTER / "checkpoint/state.pt": "resume state",
@@ -56,7 +57,7 @@ def test_a_fresh_data_dir_gets_back_the_finished_outputs_and_the_answers(tmp_pat
     saved = archive.save(old, store)
 
     kept = {str(RUN / "_manifest.json"), str(RUN / "part-00000.parquet"), str(RUN / "part-00001.parquet"),
-            str(TRAINED / "config.json"), str(TRAINED / "model.pt"), str(TRAINED / "metrics.json"),
+            str(TRAINED / "config.json"), str(TRAINED / "predictions.parquet"), str(TRAINED / "metrics.json"),
             str(ADAPTER / "training.json"), str(ADAPTER / "adapter/adapter_config.json"),
             str(ADAPTER / "adapter/adapter_model.safetensors"), "reports/ml-100k/study-journal.jsonl"}  # fmt: skip
     assert {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and "cache" not in p.parts} == kept
@@ -117,8 +118,8 @@ def test_a_restore_never_mixes_an_archived_folder_into_a_local_one(tmp_path):
 def test_a_copy_cut_short_is_never_restored_and_the_next_save_removes_it(tmp_path):
     settings, store = data_dir(tmp_path / "data"), tmp_path / "archive"
     archive.save(settings, store)
-    cut = store / TRAINED / ("model.pt" + archive.PARTIAL)  # a save killed while copying a run's `*` files
-    cut.write_text("half the weights")
+    cut = store / TRAINED / ("predictions.parquet" + archive.PARTIAL)  # a save killed while copying a run's files
+    cut.write_text("half the predictions")
 
     new = Settings(data_dir=tmp_path / "new")
     archive.restore(new, store)
@@ -126,4 +127,4 @@ def test_a_copy_cut_short_is_never_restored_and_the_next_save_removes_it(tmp_pat
 
     moved = archive.save(settings, store)
     assert not cut.exists() and moved.removed == 1
-    assert (store / TRAINED / "model.pt").read_text() == "weights"
+    assert (store / TRAINED / "predictions.parquet").read_text() == "test predictions"

@@ -49,6 +49,10 @@ _RUN = re.compile(
     r"(?:[-_]sample(?P<limit>[1-9][0-9]*))?$"
 )
 VECTORS = "{entity}_knowledge_vectors"
+# a training run's files (r4ec.ranking.train writes them): what scoring loads, named by content in config.json,
+# and the test split's scores
+RUN_FILES = ("model.pt", "vocab.json")
+PREDICTIONS = "predictions.parquet"
 
 
 def encoder_tag(encoder: str) -> str | None:
@@ -289,8 +293,7 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
         Kept(at(evaluation_dir(settings, "*")), ("evaluation.*", "outcomes.jsonl"), "evaluation.json"),
         # finished training runs (not `published/`), without their weights (~0.8 MB a run): the study's pages read
         # the metrics and test predictions, and it publishes nothing; a run to serve is trained again in minutes
-        Kept(at(settings.artifacts_dir, "*"), ("config.json", "metrics.json", "predictions.parquet", "vocab.json"),
-             "metrics.json"),
+        Kept(at(settings.artifacts_dir, "*"), ("config.json", "metrics.json", PREDICTIONS, "vocab.json"), "metrics.json"),
         Kept(at(settings.reports_dir), (STUDY_JOURNAL,)),
         Kept(at(benchmarks_dir(settings)), ("*.md",)),
     )

@@ -68,8 +68,9 @@ def load_run(path: Path) -> SavedRun:
     """The run at `path`, rebuilt for scoring; a run whose files differ from the hashes it recorded is refused."""
     import torch
 
+    from r4ec.layout import RUN_FILES
     from r4ec.ranking.data import Vocab
-    from r4ec.ranking.train import RUN_FILES, TrainConfig, build_model
+    from r4ec.ranking.train import TrainConfig, build_model
 
     if not (path / "metrics.json").is_file():
         raise RankingError(f"{path} is not a finished training run (no metrics.json)")

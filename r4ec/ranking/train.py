@@ -22,7 +22,7 @@ from torch import nn
 from r4ec import fingerprint
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.layout import BASE_SERVICE, RUN_NAMES, KnowledgeRun, is_run_name
+from r4ec.layout import BASE_SERVICE, PREDICTIONS, RUN_FILES, RUN_NAMES, KnowledgeRun, is_run_name
 from r4ec.ranking import RankingError
 from r4ec.ranking.autoint import AutoInt
 from r4ec.ranking.connectors import CONNECTORS
@@ -226,8 +226,6 @@ def train(table: pa.Table, config: TrainConfig) -> tuple[nn.Module, Result]:
     return model, result
 
 
-RUN_FILES = ("model.pt", "vocab.json")  # besides config.json: what scoring loads, named by content in config.json
-PREDICTIONS = "predictions.parquet"
 
 
 def save(model: nn.Module, result: Result, directory: Path, **about: object) -> Path:

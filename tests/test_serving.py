@@ -284,6 +284,27 @@ def test_publish_chooses_the_best_validation_auc_and_refuses_a_changed_run(serve
         load_run(copy)
 
 
+def test_publish_passes_over_a_run_restored_without_its_weights(served, tmp_path):
+    import shutil
+
+    from r4ec.ranking import RankingError
+
+    settings = Settings(data_dir=tmp_path)  # the served runs, copied as a study's archive restores them
+    runs = {p.name: json.loads((p / "metrics.json").read_text())["valid"]["auc"] for p in served[0].artifacts_dir.iterdir()
+            if (p / "metrics.json").is_file()}  # fmt: skip
+    for name in runs:
+        shutil.copytree(served[0].artifacts_dir / name, settings.artifacts_dir / name)
+    best, second = sorted(runs, key=runs.get, reverse=True)[:2]
+    (settings.artifacts_dir / best / "model.pt").unlink()
+    assert publish(settings)["run"] == second
+    with pytest.raises(RankingError, match=f"{best} has no model.pt"):
+        publish(settings, best)
+    for name in runs:
+        (settings.artifacts_dir / name / "model.pt").unlink(missing_ok=True)
+    with pytest.raises(RankingError, match="no finished training run that can serve"):
+        publish(settings)
+
+
 def test_rank_command_and_one_line_errors(served, capsys, tmp_path):
     settings, _ = served
     assert main(["rank", "--user", "1", "--items", "1", "2", "3", "--data-dir", str(settings.data_dir)]) == 0

@@ -56,8 +56,10 @@ def finished_runs(settings: Settings) -> list[Path]:
 
 
 def servable(run: Path) -> bool:
-    """Whether the run recorded what scoring needs (runs trained before vocabularies were saved did not)."""
-    return "files" in json.loads((run / "config.json").read_text())
+    """Whether the run recorded what scoring needs and still holds it: runs trained before vocabularies were saved
+    recorded no files, and runs restored from a study's archive come without their weights."""
+    recorded = "files" in json.loads((run / "config.json").read_text())
+    return recorded and all((run / name).is_file() for name in layout.RUN_FILES)
 
 
 def validation_auc(run: Path) -> float:
@@ -68,7 +70,6 @@ def load_run(path: Path) -> SavedRun:
     """The run at `path`, rebuilt for scoring; a run whose files differ from the hashes it recorded is refused."""
     import torch
 
-    from r4ec.layout import RUN_FILES
     from r4ec.ranking.data import Vocab
     from r4ec.ranking.train import TrainConfig, build_model
 
@@ -78,8 +79,12 @@ def load_run(path: Path) -> SavedRun:
     recorded = config.get("files")
     if recorded is None:
         raise RankingError(f"{path} was trained before runs recorded their vocabulary: train it again to serve it")
-    found = {name: fingerprint.of_file(path / name) if (path / name).is_file() else None for name in RUN_FILES}
-    changed = [name for name in RUN_FILES if found[name] != recorded.get(name)]
+    missing = [name for name in layout.RUN_FILES if not (path / name).is_file()]
+    if missing:
+        raise RankingError(f"{path} has no {', '.join(missing)} (a run restored from an archive keeps no weights): "
+                           "train it again to serve it")  # fmt: skip
+    found = {name: fingerprint.of_file(path / name) for name in layout.RUN_FILES}
+    changed = [name for name in layout.RUN_FILES if found[name] != recorded.get(name)]
     if changed:
         raise RankingError(f"{path}: {', '.join(changed)} differ from the hashes the run recorded; train it again")
     vocab = Vocab.from_dict(json.loads((path / "vocab.json").read_text()))
@@ -122,7 +127,7 @@ def _choose(settings: Settings, run: str | None) -> Path:
         candidates = [p for p in runs if servable(p)]
         if not candidates:
             raise RankingError(f"no finished training run that can serve in {settings.artifacts_dir} ({len(runs)} "
-                               "trained before runs recorded their vocabulary): run `r4ec train` first")  # fmt: skip
+                               "without weights or a recorded vocabulary): run `r4ec train` first")  # fmt: skip
         return max(candidates, key=validation_auc)
     chosen = settings.artifacts_dir / run
     if chosen not in runs:

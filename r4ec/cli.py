@@ -14,11 +14,11 @@ from r4ec.config import Settings
 from r4ec.console import FORMAT, quiet_terminal, terminal
 from r4ec.layout import RUN_NAMES, STRATEGIES
 from r4ec.local_models import WHEEL_GGUFS, WHEEL_ZIPS
+from r4ec.ranking import BACKBONE_NAMES
 
 log = logging.getLogger("r4ec")
 
 
-BACKBONE_NAMES = ("lr", "din", "dien", "gru4rec", "autoint", "fignn", "dcn", "deepfm")  # r4ec.ranking.train.BACKBONES
 KNOWLEDGE_OPTIONS = (
     "backend", "model", "reflector_model", "quantization", "slots", "strategy", "rounds", "samples", "limit",
     "partition_size", "spark_master", "encoder", "actor_adapter", "reflector_adapter",

@@ -9,11 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from r4ec.cli import BACKBONE_NAMES, main
+from r4ec.cli import main
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
 from r4ec.features.store import training_set_stamp
 from r4ec.layout import KnowledgeRun
+from r4ec.ranking import BACKBONE_NAMES
 from tests.sample_files import marts_of_first_users, write_vectors
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,20 @@ from r4ec.features import store
 from r4ec.marts import build_marts
 from r4ec.ranking import RankingError
 from r4ec.ranking.data import Vocab, to_tensors
-from r4ec.ranking.experiment import check_history_length, train_configs
-from r4ec.ranking.train import BACKBONES, TrainConfig, build_model, evaluate, save, split, split_tensors, train
+from r4ec.ranking.experiment import check_history_length, is_done, train_configs
+from r4ec.ranking.runs import load_run
+from r4ec.ranking.train import (
+    BACKBONES,
+    OPTIONS_FILE,
+    TrainConfig,
+    build_model,
+    default_options,
+    evaluate,
+    save,
+    split,
+    split_tensors,
+    train,
+)
 from tests.sample_files import flip_test_labels
 
 pytestmark = pytest.mark.integration
@@ -148,7 +160,9 @@ def test_a_split_with_one_class_is_a_ranking_error_that_names_it(small_sets):
     "options, message",
     [({"epochs": 0}, "epochs must be at least 1, not 0"), ({"batch_size": -1}, "batch_size must be at least 1"),
      ({"backbone": "xgboost"}, "unknown backbone 'xgboost'"), ({"learning_rate": 0.0}, "learning_rate must be positive"),
-     ({"connector": "moe"}, "unknown connector 'moe'")],
+     ({"connector": "moe"}, "unknown connector 'moe'"),
+     ({"backbone": "dcn", "options": {"width": 3}}, "dcn: no option 'width'"),
+     ({"backbone": "autoint", "options": {"heads": "2"}}, "heads = '2' is not a int")],
 )  # fmt: skip
 def test_a_configuration_that_cannot_train_is_a_ranking_error(options, message):
     with pytest.raises(RankingError, match=rf"^bad training configuration: .*{message}"):
@@ -164,3 +178,32 @@ def test_sweep_grid_expands_all_and_keeps_lr_on_base_features(ml1m):
     assert len(others) == (len(BACKBONES) - 1) * 2 * 2 and {c.connector for c in others} == {"experts"}
     assert {c.epochs for c in configs} == {TrainConfig().epochs}  # None: the default
     assert [c.seed for c in train_configs(ml1m.model_copy(update={"seed": 7}), ["din"])] == [7]
+
+
+def test_backbones_toml_writes_out_every_constructor_default():
+    """models/backbones.toml says its values are the constructors' defaults: runs saved before options were
+    recorded count as trained with those defaults (r4ec.ranking.train.recorded_config)."""
+    import tomllib
+
+    tables = tomllib.loads(OPTIONS_FILE.read_text())
+    assert {name: tables.get(name, {}) for name in BACKBONES} == {name: default_options(name) for name in BACKBONES}
+    assert TrainConfig(backbone="dcn", options={"crosses": 1}).options == {**default_options("dcn"), "crosses": 1}
+
+
+def test_a_run_is_rebuilt_with_the_options_it_recorded_and_only_those_count_as_done(training_table, tmp_path):
+    one_cross = TrainConfig(backbone="dcn", epochs=1, batch_size=512, options={"crosses": 1})
+    model, result = train(training_table, one_cross)
+    assert len(model.cross_weights) == 1
+    run = save(model, result, tmp_path, training_set_fingerprint="stamp")
+    assert json.loads((run / "config.json").read_text())["options"]["crosses"] == 1
+    assert len(load_run(run).model.cross_weights) == 1  # the recorded value, not the file's 3
+    assert is_done(run, one_cross, "stamp") and not is_done(run, TrainConfig(backbone="dcn", epochs=1, batch_size=512), "stamp")
+
+    defaults = TrainConfig(backbone="dcn", epochs=1, batch_size=512)
+    model, result = train(training_table, defaults)
+    run = save(model, result, tmp_path, training_set_fingerprint="stamp")
+    saved = json.loads((run / "config.json").read_text())
+    del saved["options"]  # as runs were saved before options were recorded: built with the constructor's defaults
+    (run / "config.json").write_text(json.dumps(saved))
+    assert is_done(run, defaults, "stamp") and not is_done(run, one_cross, "stamp")
+    assert len(load_run(run).model.cross_weights) == 3

@@ -11,6 +11,12 @@ from r4ec.ranking.data import Batch
 
 
 class AutoInt(Backbone):
+    """Args:
+    layers: self-attention layers stacked
+    heads: attention heads per layer (each of dim / heads)
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
     def __init__(self, vocab_size: int, fields: int, layers: int = 2, heads: int = 2, **kw) -> None:
         super().__init__(vocab_size, fields, **kw)
         self.attention = nn.ModuleList(

@@ -16,6 +16,16 @@ from r4ec.ranking.layers import Embeddings, masked_mean
 
 
 class Backbone(nn.Module):
+    """Args:
+    vocab_size: rows of the id table (every field's ids share it)
+    fields: the categorical fields of a sample
+    dim: the embedding size, d
+    knowledge_types: knowledge vectors per sample (user, item), 0 for none
+    knowledge_dim: the width of a knowledge vector, D
+    connector: a name of CONNECTORS
+    dropout: in the MLPs and the connector
+    """
+
     def __init__(
         self, vocab_size: int, fields: int, dim: int = 16, knowledge_types: int = 0, knowledge_dim: int = 0,
         connector: str = "mlp", dropout: float = 0.1,

@@ -11,6 +11,12 @@ from r4ec.ranking.layers import mlp
 
 
 class DCN(Backbone):
+    """Args:
+    crosses: cross layers (the highest degree of a crossed feature is crosses + 1)
+    hidden: the widths of the DNN's hidden layers
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
     def __init__(self, vocab_size: int, fields: int, crosses: int = 3, hidden: tuple[int, ...] = (128, 64), **kw) -> None:
         super().__init__(vocab_size, fields, **kw)
         width = self.n_fields * self.dim

@@ -19,6 +19,11 @@ def pairwise_interactions(fields: torch.Tensor) -> torch.Tensor:
 
 
 class DeepFM(Backbone):
+    """Args:
+    hidden: the widths of the DNN's hidden layers
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
     def __init__(self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), **kw) -> None:
         super().__init__(vocab_size, fields, **kw)
         self.first_order = nn.Embedding(vocab_size, 1, padding_idx=0)

@@ -28,11 +28,19 @@ class AUGRUCell(nn.Module):
 
 
 class DIEN(Backbone):
-    def __init__(self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), **kw) -> None:
+    """Args:
+    hidden: the widths of the MLP's hidden layers
+    attention_hidden: the width of the attention's scoring MLP
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
+    def __init__(
+        self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), attention_hidden: int = 64, **kw
+    ) -> None:
         super().__init__(vocab_size, fields, **kw)
         item = 3 * self.dim
         self.extractor = nn.GRU(item, item, batch_first=True)
-        self.score = mlp([4 * item, 64, 1])
+        self.score = mlp([4 * item, attention_hidden, 1])
         self.evolver = AUGRUCell(item)
         self.dnn = mlp([self.n_fields * self.dim + 2 * item, *hidden, 1], self.dropout)
 

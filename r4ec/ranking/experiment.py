@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from r4ec.config import Settings
 from r4ec.layout import ENTITIES, KnowledgeRun, encoder_tag
 from r4ec.ranking import RankingError
-from r4ec.ranking.train import BACKBONES, SPLITS, TrainConfig, save, train
+from r4ec.ranking.train import BACKBONES, SPLITS, TrainConfig, recorded_config, save, train
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def is_done(run: Path, config: TrainConfig, stamp: str) -> bool:
     """A finished run (metrics written) of exactly this configuration, on the training set with this fingerprint."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
-    saved = json.loads((run / "config.json").read_text())
+    saved = recorded_config(json.loads((run / "config.json").read_text()))
     if not all(saved.get(key) == value for key, value in {**asdict(config), "learning_rate": config.lr}.items()):
         return False
     if saved.get("training_set_fingerprint") != stamp:

@@ -13,6 +13,11 @@ from r4ec.ranking.data import Batch
 
 
 class FiGNN(Backbone):
+    """Args:
+    steps: rounds of message passing over the field graph
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
     def __init__(self, vocab_size: int, fields: int, steps: int = 3, **kw) -> None:
         super().__init__(vocab_size, fields, **kw)
         n, d = self.n_fields, self.dim

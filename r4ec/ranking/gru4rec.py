@@ -8,16 +8,23 @@ from torch import nn
 
 from r4ec.ranking.backbone import Backbone
 from r4ec.ranking.data import Batch
-from r4ec.ranking.din import TargetAttention
-from r4ec.ranking.layers import mlp
+from r4ec.ranking.layers import TargetAttention, mlp
 
 
 class GRU4Rec(Backbone):
-    def __init__(self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), **kw) -> None:
+    """Args:
+    hidden: the widths of the MLP's hidden layers
+    attention_hidden: the width of the attention's scoring MLP
+    **kw: Backbone's (dim, knowledge, connector, dropout)
+    """
+
+    def __init__(
+        self, vocab_size: int, fields: int, hidden: tuple[int, ...] = (128, 64), attention_hidden: int = 64, **kw
+    ) -> None:
         super().__init__(vocab_size, fields, **kw)
         item = 3 * self.dim
         self.gru = nn.GRU(item, item, batch_first=True)
-        self.attention = TargetAttention(item)
+        self.attention = TargetAttention(item, attention_hidden)
         self.dnn = mlp([self.n_fields * self.dim + 2 * item, *hidden, 1], self.dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:

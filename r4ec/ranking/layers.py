@@ -1,4 +1,5 @@
-"""Pieces the backbones share: embeddings of the batch's ids, MLPs, masked attention pooling."""
+"""Pieces the backbones share: embeddings of the batch's ids, MLPs, masked pooling, the target's attention over a
+history (DIN, GRU4Rec)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,17 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, K, d] averaged over the True positions of [B, K]; zeros for an empty history."""
     weights = mask.unsqueeze(-1).float()
     return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TargetAttention(nn.Module):
+    """Scores each history item against the target with an MLP on [q, k, q - k, q * k]; masked weighted sum."""
+
+    def __init__(self, dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.score = mlp([4 * dim, hidden, 1])
+
+    def forward(self, target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        query = target.unsqueeze(1).expand_as(history)  # [B, K, e]
+        scores = self.score(torch.cat([query, history, query - history, query * history], dim=-1)).squeeze(-1)
+        scores = scores.masked_fill(~mask, 0.0)  # [B, K]; DIN keeps raw scores (no softmax) to keep intensity
+        return (scores.unsqueeze(-1) * history).sum(1)  # [B, e]

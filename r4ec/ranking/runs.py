@@ -1,8 +1,9 @@
 """Finished training runs as scoring needs them: the model rebuilt from its folder alone, its files checked against the
 content hashes the run recorded, and the choice and recording of the run that serves (`publish`).
 
-A run folder (r4ec.ranking.train.save) holds model.pt, vocab.json, config.json (the TrainConfig, the feature service,
-the knowledge run, the training set's fingerprint, the files' hashes) and metrics.json, written last.
+A run folder (r4ec.ranking.train.save) holds model.pt, vocab.json, config.json (the TrainConfig with the backbone's
+options, the feature service, the knowledge run, the training set's fingerprint, the files' hashes) and metrics.json,
+written last.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def load_run(path: Path) -> SavedRun:
     import torch
 
     from r4ec.ranking.data import Vocab
-    from r4ec.ranking.train import TrainConfig, build_model
+    from r4ec.ranking.train import TrainConfig, build_model, recorded_config
 
     if not (path / "metrics.json").is_file():
         raise RankingError(f"{path} is not a finished training run (no metrics.json)")
@@ -88,7 +89,8 @@ def load_run(path: Path) -> SavedRun:
     if changed:
         raise RankingError(f"{path}: {', '.join(changed)} differ from the hashes the run recorded; train it again")
     vocab = Vocab.from_dict(json.loads((path / "vocab.json").read_text()))
-    train_config = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig) if f.name in config})
+    built = recorded_config(config)
+    train_config = TrainConfig(**{f.name: built[f.name] for f in fields(TrainConfig) if f.name in built})
     model = build_model(train_config, vocab, config["knowledge_dim"])
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.eval()

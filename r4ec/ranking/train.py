@@ -2,13 +2,17 @@
 
 The training set is turned into tensors once; an epoch is a seeded permutation cut into batches. Artifacts go to
 models/artifacts/<run>/: the weights of the chosen epoch, the configuration, the metrics, the feature service used.
+Each backbone's own settings (DCN's crosses, AutoInt's heads, ...) come from its table in models/backbones.toml,
+as FuxiCTR's model_config.yaml, and are recorded with the run.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,49 @@ KNOWLEDGE = ("none", *RUN_NAMES)
 LEARNING_RATES = {"lr": 1e-2}
 DEFAULT_LEARNING_RATE = 3e-3
 SPLITS = ("train", "valid", "test")
+OPTIONS_FILE = Path(__file__).resolve().parents[2] / "models" / "backbones.toml"
+SET_BY_CONFIG = ("self", "vocab_size", "fields", "dim", "knowledge_types", "knowledge_dim", "connector")
+
+
+def default_options(backbone: str) -> dict:
+    """What a backbone's constructors (its own, then Backbone's) take beyond what TrainConfig sets, with their
+    defaults; tuples as lists, as config.json records them."""
+    options = {}
+    for cls in reversed(BACKBONES[backbone].__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None or not cls.__module__.startswith("r4ec."):
+            continue
+        for name, parameter in inspect.signature(init).parameters.items():
+            if parameter.default is not parameter.empty and name not in SET_BY_CONFIG:
+                options[name] = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+    return options
+
+
+def backbone_options(backbone: str, given: dict | None = None) -> dict:
+    """The backbone's settings: its constructors' defaults, then its table in models/backbones.toml, then `given`.
+    A name no constructor takes, or a value of another kind than the default's, is a one-line error."""
+    defaults = default_options(backbone)
+    table = tomllib.loads(OPTIONS_FILE.read_text()).get(backbone, {}) if OPTIONS_FILE.is_file() else {}
+    options = {name: list(v) if isinstance(v, tuple) else v for name, v in {**defaults, **table, **(given or {})}.items()}
+    wrong = [f"no option '{name}'" for name in options if name not in defaults]
+    wrong += [f"{name} = {value!r} is not a {type(defaults[name]).__name__}" for name, value in options.items()
+              if name in defaults and not _same_kind(value, defaults[name])]  # fmt: skip
+    if wrong:
+        known = ", ".join(f"{k} = {v!r}" for k, v in defaults.items()) or "none"
+        raise RankingError(f"{backbone}: {'; '.join(wrong)} (its options and defaults: {known}; {OPTIONS_FILE.name})")
+    return options
+
+
+def _same_kind(value: object, default: object) -> bool:
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def recorded_config(saved: dict) -> dict:
+    """A run's config.json with what runs saved before backbones' options were recorded were built with: their
+    constructors' defaults (models/backbones.toml came later, with the same values)."""
+    return saved if "options" in saved else {**saved, "options": default_options(saved["backbone"])}
 
 
 @dataclass(frozen=True)
@@ -67,6 +114,7 @@ class TrainConfig:
     dim: int = 16
     connector: str = "mlp"
     history_length: int = Settings.model_fields["history_length"].default  # K: must be the marts' K
+    options: dict | None = None  # the backbone's own settings over models/backbones.toml's; all of them once built
 
     def __post_init__(self) -> None:
         """A configuration that cannot train fails here, in one line, not as a traceback epochs later."""
@@ -87,6 +135,10 @@ class TrainConfig:
             problems.append(f"weight_decay must not be negative, not {self.weight_decay}")
         if problems:
             raise RankingError(f"bad training configuration: {'; '.join(problems)}")
+        try:
+            object.__setattr__(self, "options", backbone_options(self.backbone, self.options))
+        except RankingError as error:
+            raise RankingError(f"bad training configuration: {error}") from None
 
     @property
     def service(self) -> str:
@@ -156,7 +208,7 @@ def build_model(config: TrainConfig, vocab: Vocab, knowledge_dim: int) -> nn.Mod
     types = 0 if config.knowledge == "none" else len(KNOWLEDGE_COLUMNS)
     return BACKBONES[config.backbone](
         vocab.size, len(FIELDS), dim=config.dim, knowledge_types=types, knowledge_dim=knowledge_dim,
-        connector=config.connector,
+        connector=config.connector, **config.options,
     )  # fmt: skip
 
 

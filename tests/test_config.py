@@ -1,3 +1,7 @@
+import functools
+import tomllib
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -98,3 +102,26 @@ def test_another_encoder_is_a_run_of_its_own_over_the_same_knowledge(tmp_path):
     assert encoder_tag("all-MiniLM-L6-v2") is None and encoder_tag("/m/BGE-M3") == "bgem3"
     with pytest.raises(ValueError, match="needs a letter or digit"):
         encoder_tag("/m/---")
+
+
+PRESETS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+
+
+def flatten(table: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    return {key: value for name, entry in table.items()
+            for key, value in (flatten(entry, (*prefix, name)) if isinstance(entry, dict) else {(*prefix, name): entry}).items()}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads_and_sets_what_it_says(preset, monkeypatch):
+    """A preset read through R4EC_CONFIG sets each of its keys (an unknown key is an error), and is listed."""
+    monkeypatch.setenv("R4EC_CONFIG", str(preset))
+    settings = Settings()
+    for path, value in flatten(tomllib.loads(preset.read_text())).items():
+        actual = functools.reduce(getattr, path, settings)
+        assert actual == value or str(actual) == str(value), (path, actual, value)
+    assert f"`{preset.name}`" in (preset.parent / "README.md").read_text()
+
+
+def test_the_presets_are_there():
+    assert {p.name for p in PRESETS} >= {"ml-1m.toml", "amazon-books.toml", "kar-protocol.toml", "qwen-1.5b.toml"}

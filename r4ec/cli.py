@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         marts,
         "build",
         cmd_marts_build,
-        "dbt build (models and data tests) on the raw tables; marts are exported to DATA_DIR/marts/DATASET/*.parquet.",
+        "dbt build (models, unit and data tests) on the raw tables; marts are exported to DATA_DIR/marts/DATASET/*.parquet.",
     )
     build.add_argument("--select", help="dbt node selection, e.g. 'ctr_samples+'")
     _add_refresh_options(build, "also build the refresh marts (user_ and item_refresh_inputs) for the interval "

@@ -112,7 +112,7 @@ def built_with(marts_dir: Path) -> dict[str, object] | None:
 
 
 def build_marts(settings: Settings, select: str | None = None) -> MartsSummary:
-    """`dbt build` (models and data tests) on the raw tables of `settings.dataset`."""
+    """`dbt build` (models, unit tests and data tests) on the raw tables of `settings.dataset`."""
     raw = settings.raw_dir / "ratings.parquet"
     if not raw.is_file():
         raise MartsError(f"{raw} not found: run `r4ec data load` first")

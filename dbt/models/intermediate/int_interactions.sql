@@ -52,7 +52,7 @@ periods as (
 splits as (
     -- valid is carved from each user's train positions. temporal (default): the last ceil(valid_fraction * m) of
     -- the user's m train positions (at least one), so no train sample's history holds a valid label; decimal
-    -- arithmetic, so that 10 % of 30 is 3, not ceil(3.0000000000000004) = 4. last: the last train position.
+    -- arithmetic, so that 28 % of 25 is 7, not ceil(7.000000000000001) = 8. last: the last train position.
     -- fraction: a seeded share of train positions, wherever they fall.
     select
         *,

@@ -530,12 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
         stages,
         "train",
         cmd_train,
-        "Train CTR backbones on point-in-time training sets from Feast (retrieved when missing or older than their "
-        "sources); the epoch is chosen on the validation split only. Each run goes to "
-        "DATA_DIR/models/artifacts/DATASET/BACKBONE-KNOWLEDGE-CONNECTOR-seedS/; finished runs are skipped.",
+        "Train CTR backbones on point-in-time training sets from Feast (retrieved again when missing or built from other "
+        "inputs); the epoch is chosen on the validation split only. Each run goes to "
+        "DATA_DIR/models/artifacts/DATASET/BACKBONE-KNOWLEDGE-CONNECTOR-seedS/; a run finished with the same settings "
+        "and training set is skipped.",
     )
     train.add_argument("--backbone", nargs="+", default=["din"], choices=[*BACKBONE_NAMES, "all"],
-                       help="one or more backbones; all = every backbone but lr (default: din)")  # fmt: skip
+                       help="one or more backbones; all = every backbone but lr (default: din); each one's own "
+                            "settings (widths, layers, dropout) are its table in models/backbones.toml")  # fmt: skip
     train.add_argument("--knowledge", nargs="+", default=["none"], choices=["none", *RUN_NAMES],
                        help="feature service of the knowledge run; none = base features, STRATEGY-tuned = the run made "
                        "with --actor-adapter / --reflector-adapter (default: none)")  # fmt: skip

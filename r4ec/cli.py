@@ -298,7 +298,8 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override r4ec.toml and R4EC_* environment variables)")
     group.add_argument("--data-dir", type=Path, help="root of raw tables, marts and the warehouse (default: data)")
     group.add_argument("--dataset", choices=["ml-100k", "ml-1m", "amazon-books-2018"], help="default: ml-100k")
-    group.add_argument("--source-path", type=Path, help="folder with the original files (ml-1m, amazon-books-2018)")
+    group.add_argument("--source-path", type=Path, help="folder with the original files (needed for ml-1m and "
+                       "amazon-books-2018; for ml-100k, a GroupLens folder instead of the download)")
     group.add_argument("--protocol", choices=["r4ec", "kar"], help="sample split protocol (default: r4ec)")
     group.add_argument("--seed", type=int, help="seed of every random choice (default: 42)")
 
@@ -316,7 +317,8 @@ def _add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantization", choices=["auto", "Q4_0", "Q8_0", "F16", "as-is"],
                        help="llama.cpp: the GGUF type served (default auto: F16 for SmolLM2, others as shipped)")
     group.add_argument("--slots", type=int, help="llama.cpp: sequences decoded together (default: 32)")  # fmt: skip
-    group.add_argument("--model", help="smollm2-135m-instruct (default), a local model folder, or a served name")
+    group.add_argument("--model", help="smollm2-135m-instruct (default), qwen2.5-coder-0.5b-instruct or -1.5b-instruct "
+                       "(after `models fetch`), a .gguf file (llama.cpp), a model folder (transformers), or a served name")
     group.add_argument("--spark-master", help="default: local[*]")
     group.add_argument("--actor-adapter", type=Path, help="LoRA adapter folder of the actor (`r4ec tuning train`)")
     group.add_argument("--reflector-adapter", type=Path, help="LoRA adapter folder of the reflector")
@@ -348,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help="where the output of the libraries r4ec runs "
                         "goes (Spark, Feast, dbt, warnings, C extensions); the terminal keeps r4ec's own lines "
-                        "(default: DATA_DIR/logs/COMMAND-UTCTIME.log)")  # fmt: skip
+                        "(default: DATA_DIR/logs/COMMAND-UTCTIME.log; serve, knowledge serve and the env / vars commands keep "
+                        "everything on the terminal)")  # fmt: skip
     parser.add_argument("--no-quiet", action="store_true", help="leave the libraries' output on the terminal, "
                         "as before (for debugging)")  # fmt: skip
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -367,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         data,
         "load",
         cmd_data_load,
-        "Read the dataset (ml-100k is fetched; ml-1m and amazon-books-2018 come from --source-path) and write "
+        "Read the dataset (ml-100k is fetched unless --source-path names its folder; ml-1m and amazon-books-2018 "
+        "come from --source-path) and write "
         "ratings, items, users and rejects as parquet under DATA_DIR/raw/DATASET.",
     )
     load.add_argument("--admit-until", type=_utc_time, metavar="TIME", help="admit only the ratings before this UTC "
@@ -395,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         cmd_knowledge_generate,
         "Generate user or item knowledge with the actor/reflector loop as a Spark job, one parquet part per "
-        "partition under DATA_DIR/knowledge/DATASET/STRATEGY[-sampleN]/ENTITY_knowledge; a killed run resumes.",
+        "partition under DATA_DIR/knowledge/DATASET/RUN/ENTITY_knowledge (RUN: STRATEGY[-rN][-tuned][-sampleN]); a "
+        "killed run resumes.",
     )
     _add_knowledge_options(generate)
     generate.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
@@ -413,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         knowledge,
         "encode",
         cmd_knowledge_encode,
-        "Encode the knowledge of a run into vectors (ENTITY_knowledge_vectors/ beside it); filter runs average the "
+        "Encode the knowledge of a run into vectors (ENTITY_knowledge_vectors[-ENCODER]/ beside it); filter runs "
+        "average the "
         "kept answers. Texts already encoded come from a cache.",
     )
     _add_knowledge_options(encode)
@@ -596,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         stages,
         "demo",
         cmd_demo,
-        "Run every stage in order on the configured dataset and print what came out. The LLM steps run on a seeded "
+        "Run the pipeline once in order (data, marts, knowledge, features, LR and DIN trained, report) on the "
+        "configured dataset and print what came out. The LLM steps run on a seeded "
         "sample of users and items; --full runs them on all.",
     )
     demo.add_argument("--sample", type=int, default=20, help="users and items the LLM steps run on (default: 20)")

@@ -115,7 +115,8 @@ def _check_unique(target: Path, entity: str) -> int:
         f"select count(*), count(distinct ({key})) from read_parquet('{target}/part-*.parquet')"
     ).fetchall()
     if total != distinct:
-        raise EncoderError(f"{target}: {total - distinct} duplicate ({key}) rows: re-run with `--overwrite`")
+        raise EncoderError(f"{target}: {total - distinct} duplicate ({key}) rows: regenerate the knowledge with "
+                           "`r4ec knowledge generate --overwrite`")  # fmt: skip
     return total
 
 

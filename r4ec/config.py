@@ -50,10 +50,6 @@ class KnowledgeSettings(BaseModel):
         32, ge=1, description="llama.cpp: sequences decoded together (continuous batching; 16 slots decoded 20% slower)."
     )
     context_per_slot: int = Field(2048, ge=256, description="llama.cpp: tokens of context per slot.")
-    pipelines: int | None = Field(
-        None, ge=1, description="Entities in flight per Spark task on a server that batches continuously, each at its "
-        "own pace (None: one per slot); 1: step by step, every entity's step sent together. The answers are the same.",
-    )
     progress_interval_s: float = Field(30.0, gt=0, description="Seconds between progress lines of a running job.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",

@@ -154,18 +154,6 @@ def test_the_job_on_llama_cpp_writes_parts_resumes_and_reports_progress(ml1m, tm
     assert (again.parts_run, again.llm_calls) == (1, 0)  # the lost part's answers come from the answer cache
     assert generate_knowledge(settings, "user").parts_run == 0
 
-    # step by step (every entity's step sent together) rather than pipelined: the same greedy answers, asked anew
-    stepped = settings.model_copy(update={"data_dir": tmp_path / "stepped",
-                                          "knowledge": settings.knowledge.model_copy(update={"pipelines": 1})})  # fmt: skip
-    shutil.copytree(ml1m.marts_dir, stepped.marts_dir)
-    assert generate_knowledge(stepped, "user").llm_calls > 0
-    assert knowledge_by_user(stepped) == knowledge_by_user(settings)
-
-
-def knowledge_by_user(settings: Settings) -> dict[str, str]:
-    rows = ds.dataset(output_dir(settings, "user"), format="parquet").to_table(columns=["user_id", "knowledge"])
-    return dict(zip(rows.column("user_id").to_pylist(), rows.column("knowledge").to_pylist()))
-
 
 @pytest.fixture(scope="module")
 def random_adapter(tmp_path_factory):

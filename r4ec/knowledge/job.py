@@ -184,7 +184,7 @@ def pipelines(settings: Settings, engines: dict) -> int:
     batches each step itself (one pipeline)."""
     k = settings.knowledge
     if k.backend == "llama.cpp" and engines:  # none for the text strategy
-        return k.pipelines or engines["actor"]["slots"]
+        return engines["actor"]["slots"]
     return k.openai_concurrency if k.backend == "openai" else 1
 
 

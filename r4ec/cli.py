@@ -26,7 +26,7 @@ KNOWLEDGE_OPTIONS = (
 
 
 TUNING_OPTIONS = {"limit": "limit", "draws": "draws", "held_out_fraction": "held_out_fraction",
-                  "min_answer_words": "min_answer_words"}  # setting -> option
+                  "min_answer_words": "min_answer_words", "like_threshold": "like_threshold"}  # setting -> option
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     build_data.add_argument("--min-answer-words", type=int, help="drop teacher answers shorter than this, unjudged "
                             "(a title or a list of genres is no knowledge; default: 20; 0: keep all)")  # fmt: skip
     build_data.add_argument("--held-out-fraction", type=float, help="users set aside for evaluation (default: 0.1)")
+    build_data.add_argument("--like-threshold", type=float, help="predict 'like' where the teacher's scored P(yes) is at "
+                            "least this, not by its reply (a yes-biased teacher then predicts both ways; card.json's "
+                            "teacher_threshold_at_like_rate suggests one; default: the reply)")  # fmt: skip
     build_data.add_argument("--overwrite", action="store_true", help="rebuild answers made with other settings")
 
     lora = command(

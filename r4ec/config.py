@@ -110,6 +110,11 @@ class TuningSettings(BaseModel):
         20, ge=0, description="A teacher answer (or refinement) shorter than this is dropped: a title or a list of "
         "genres is no knowledge. 0: no gate."
     )
+    like_threshold: float | None = Field(
+        None, gt=0, lt=1, description="The teacher predicts 'like' where its scored P(yes) is at least this, rather than "
+        "by its generated reply: a yes-biased teacher then predicts both ways. The card of a run without it gives the "
+        "value at which the teacher would predict 'like' as often as the samples are liked. None: the reply."
+    )
 
 
 class FeaturesSettings(BaseModel):

@@ -4,6 +4,7 @@ by a reply it would parse."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -40,15 +41,23 @@ def seed(teacher, chat, reply, generation, draw=0):
     teacher.cache.put_many({key: Generation(reply, 10, 5)})
 
 
+def seed_prediction(teacher, chat, predicts: str, p_yes: float | None, cfg: TeacherConfig) -> None:
+    """A prediction turn's replies: generated (`predicts`) and scored (P(yes); by default on the side it predicts)."""
+    p_yes = (0.9 if predicts == "yes" else 0.2) if p_yes is None else p_yes
+    predict = prompts.predict_chat(chat, "user", "movies")
+    seed(teacher, predict, f"<prediction>{predicts}</prediction>", cfg.predict())
+    seed(teacher, predict, json.dumps({"yes": p_yes, "no": round(1 - p_yes, 6)}), cfg.scored_prediction())
+
+
 def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: str | None = None, draw=0,
-               cfg: TeacherConfig = CFG):  # fmt: skip
+               cfg: TeacherConfig = CFG, p_yes: float | None = None, refined_p_yes: float | None = None):  # fmt: skip
     """The teacher's replies for one sample: its answer, its prediction, its verdict, its refinement and the
-    refinement's prediction, each at the conversation it answers."""
+    refinement's prediction, each at the conversation it answers (`predicts`: the prediction the construction
+    makes, by reply or by P(yes))."""
     answer, said = f"likes {s.inputs['user_id']} cartoons draw {draw}", predicts == "yes"
     seed(teacher, prompts.reason_chat("user", "movies", s.inputs, TARGET), f"<preference>{answer}</preference>",
          cfg.reason("user"), draw)  # fmt: skip
-    answered = prompts.answered_chat("user", "movies", s.inputs, answer, TARGET)
-    seed(teacher, prompts.predict_chat(answered, "user", "movies"), f"<prediction>{predicts}</prediction>", cfg.predict())
+    seed_prediction(teacher, prompts.answered_chat("user", "movies", s.inputs, answer, TARGET), predicts, p_yes, cfg)
     if verdict is not None:
         reflect = prompts.reflect_chat("user", "movies", s.inputs, answer, TARGET, prediction=said)
         seed(teacher, reflect, f"<judgement>{verdict}</judgement><reflection>cite the ratings</reflection>", cfg.reflect())
@@ -56,7 +65,7 @@ def seed_chain(teacher, s: Sample, predicts: str, verdict: str | None, refined: 
         refine = prompts.refine_chat("user", "movies", s.inputs, answer, "cite the ratings", TARGET, prediction=said)
         seed(teacher, refine, "<refined>rated Toy Story 5</refined>", cfg.refine())
         after = refine + [{"role": "assistant", "content": "<refined>rated Toy Story 5</refined>"}]
-        seed(teacher, prompts.predict_chat(after, "user", "movies"), f"<prediction>{refined}</prediction>", cfg.predict())
+        seed_prediction(teacher, after, refined, refined_p_yes, cfg)
     return answer
 
 
@@ -109,6 +118,7 @@ def test_each_branch_through_the_teacher(teacher):
     assert runs["u2"].sets == ("reflect", "refine") and runs["u2"].refined == "rated Toy Story 5"
     assert runs["u5"].drop == "refinement_still_wrong"
     assert all(c.chain.llm_calls == 0 for c in runs.values())  # every reply came from the seeded cache
+    assert [runs[u].p_like for u in ("u1", "u3", "u4", "u2", "u5")] == [0.9] * 5  # scored beside the reply
 
     reason, reflect = examples(runs["u1"], "movies", {"teacher": teacher.model_id})
     assert reason.dataset == "reason" and reason.messages[-1]["content"] == f"<preference>{kept}</preference>"
@@ -127,10 +137,11 @@ def test_a_prediction_that_does_not_parse_is_asked_again_then_dropped(teacher):
          CFG.reason("user"))  # fmt: skip
     predict = prompts.predict_chat(prompts.answered_chat("user", "movies", s.inputs, "likes cartoons", TARGET), "user", "movies")
     seed(teacher, predict, "<prediction>perhaps</prediction>", CFG.predict())
+    seed(teacher, predict, '{"yes": 0.6, "no": 0.4}', CFG.scored_prediction())
     (c,) = construct(teacher, [s], CFG)
-    assert c.drop == "no_prediction" and c.answer == "likes cartoons"
+    assert c.drop == "no_prediction" and c.answer == "likes cartoons" and c.p_like == 0.6
     steps = [r["step"] for r in c.chain.replies]
-    assert steps == ["construct-reason-1", "construct-predict", "construct-predict (strict)"]
+    assert steps == ["construct-reason-1", "construct-predict", "construct-predict (strict)", "score-prediction"]
     assert c.chain.parse_failures == ["construct-predict"] and c.chain.llm_calls == 1  # the strict retry ran the model
     assert CFG.predict().grammar and CFG.predict().max_new_tokens <= 8 and CFG.predict().prefix == "<prediction>"
 
@@ -145,3 +156,21 @@ def test_rejection_sampling_filters_every_draw(teacher):
     assert (second.draw, second.drop) == (1, "wrong_judged_reasonable")
     assert cfg.reason("user").temperature == 0.8 and CFG.reason("user").temperature == 0.0
     assert cfg.predict().temperature == 0.0  # draws differ in their rationale; the prediction is read greedily
+
+
+def test_a_teacher_predicting_by_its_scored_p_yes_predicts_both_ways(teacher):
+    """like_threshold: the prediction is P(yes) >= threshold, whatever the reply says (a yes-biased teacher), for the
+    first prediction and for the refined one."""
+    cfg = replace(CFG, like_threshold=0.95)
+    disliked, liked = sample(0, "11"), sample(1, "12")
+    first = seed_chain(teacher, disliked, "no", "reasonable", cfg=cfg, p_yes=0.9)
+    seed_chain(teacher, liked, "no", "not reasonable", refined="yes", cfg=cfg, p_yes=0.93, refined_p_yes=0.97)
+    answered = prompts.answered_chat("user", "movies", disliked.inputs, first, TARGET)
+    seed(teacher, prompts.predict_chat(answered, "user", "movies"), "<prediction>yes</prediction>", cfg.predict())
+    runs = {c.sample.sample_id: c for c in construct(teacher, [disliked, liked], cfg)}
+    assert runs["u11"].prediction is False and runs["u11"].p_like == 0.9 and runs["u11"].sets == ("reason", "reflect")
+    assert runs["u12"].prediction is False and runs["u12"].refined_prediction is True
+    assert runs["u12"].sets == ("reflect", "refine")
+    assert all(c.chain.llm_calls == 0 for c in runs.values())
+    assert "score-prediction" not in [r["step"] for r in runs["u11"].chain.replies]  # the prediction was the score
+    assert cfg.steps() == CFG.steps() - 1

@@ -18,8 +18,9 @@ from r4ec.config import Settings
 from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import Generation, Request, TransformersBackend
 from r4ec.knowledge.cache import AnswerCache, answer_key
-from r4ec.tuning.evaluate import auc, bootstrap, metrics
+from r4ec.tuning.evaluate import bootstrap, metrics
 from r4ec.tuning.job import teacher_config
+from r4ec.tuning.ranking import auc, threshold_at_rate
 from r4ec.tuning.samples import held_out_samples, held_out_users
 
 
@@ -57,6 +58,14 @@ def test_the_auc_of_a_probability_counts_pairs_ranked_right_and_ties_half():
     assert auc([0.9, 0.8, 0.3, 0.1], [True, False, True, False]) == 0.75
     rows = [row(str(u), True) | {"p_like": u / 10, "label": int(u > 4)} for u in range(10)]
     assert metrics(rows)["auc_p_like"] == 1.0 and metrics(rows)["auc_p_rejection_wrong"] is None  # no verdict scored
+
+
+def test_the_threshold_at_a_rate_predicts_like_that_often():
+    scores = [0.99, 0.97, 0.97, 0.95, 0.9, 0.6]
+    assert threshold_at_rate(scores, 0.5) == 0.97  # 3 of 6 at or above it
+    assert sum(s >= threshold_at_rate(scores, 2 / 3) for s in scores) == 4
+    assert threshold_at_rate(scores, 1.0) == 0.6 and threshold_at_rate(scores, 0.0) == 0.99
+    assert threshold_at_rate([], 0.5) is None
 
 
 def test_bootstrap_intervals_resample_users_and_pair_the_arms():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 
 from r4ec import layout
@@ -16,6 +17,7 @@ from r4ec.knowledge import prompts
 from r4ec.knowledge.backends import Generation, Request, TransformersBackend
 from r4ec.knowledge.cache import AnswerCache, answer_key
 from r4ec.tuning.job import teacher_config
+from r4ec.tuning.ranking import auc
 from r4ec.tuning.samples import construction_samples, held_out_samples, held_out_users
 
 pytestmark = pytest.mark.integration
@@ -47,6 +49,7 @@ def seed_a_kept_answer(settings: Settings, tiny_model) -> str:
         (prompts.reason_chat("user", "movies", sample.inputs, sample.target), cfg.reason("user"),
          f"<preference>{answer}</preference>"),
         (prompts.predict_chat(answered, "user", "movies"), cfg.predict(), f"<prediction>{predicts}</prediction>"),
+        (prompts.predict_chat(answered, "user", "movies"), cfg.scored_prediction(), '{"yes": 0.8, "no": 0.2}'),
         (prompts.reflect_chat("user", "movies", sample.inputs, answer, sample.target, prediction=bool(sample.label)),
          cfg.reflect(), "<judgement>reasonable</judgement>\n<reflection>none</reflection>"),
     ]  # fmt: skip
@@ -70,6 +73,11 @@ def test_build_data_writes_the_sets_and_a_card_without_held_out_users(settings, 
     assert len(ours) == 1 and ours[0]["messages"][-1]["content"] == "<preference>enjoys light comedies rated 4 and 5</preference>"
     assert ours[0]["messages"][0]["role"] == "system" and ours[0]["provenance"]["prompt_version"] == prompts.PROMPT_VERSION
     assert ours[0]["provenance"]["construction_version"] == prompts.CONSTRUCTION_VERSION
+    parts = pq.read_table(sorted(layout.construction_dir(settings).glob(layout.part_name_glob()))).to_pylist()
+    assert next(r["p_like"] for r in parts if r["sample_id"] == kept) == 0.8  # the first prediction, scored
+    asked = [r for r in parts if r["prediction"] is not None]
+    assert all("score-prediction" in {step["step"] for step in r["replies"]} for r in asked)
+    assert "teacher_auc_p_like" in card and "teacher_threshold_at_like_rate" in card
 
     held_out = set(card["held_out_users"])
     users = {line["provenance"]["sample_id"].split("-")[1] for name in ("reason", "reflect", "refine")
@@ -113,3 +121,16 @@ def test_held_out_users_never_enter_the_construction_samples(settings):
     for s in evaluation:
         per_user[s.target["user_id"]] = per_user.get(s.target["user_id"], 0) + 1
     assert set(per_user) <= held_out and max(per_user.values()) == 2 and len(per_user) > 0.8 * len(held_out)
+
+
+def test_the_card_says_how_well_the_teacher_ranks_likes():
+    from r4ec.tuning.job import _tally
+
+    labels, p_like = [1, 1, 1, 0, 0, 1, 0, 1], [0.99, 0.97, 0.9, 0.95, 0.8, 0.96, None, 0.98]
+    rows = [{"label": y, "p_like": p, "prediction": True, "sets": [], "drop": "x", "reasonable": None, "tokens_in": 0,
+             "tokens_out": 0} for y, p in zip(labels, p_like)]  # fmt: skip
+    card = _tally(rows)
+    scored = [(p, y) for p, y in zip(p_like, labels) if p is not None]
+    assert card["teacher_auc_p_like"] == auc([p for p, _ in scored], [y == 1 for _, y in scored]) == 0.9
+    assert card["teacher_threshold_at_like_rate"] == 0.95  # 5 of the 7 scored are liked: the 5th highest P(yes)
+    assert card["teacher_said_yes"] == 8

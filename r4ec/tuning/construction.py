@@ -6,6 +6,10 @@ rated is the target; for an item, the user who rated it (with their history befo
    a turn of its own (a small model does not reliably write a second section after its answer);
 2. reflects on that answer and prediction, target shown: a verdict and feedback;
 3. where the prediction was wrong and judged not reasonable, refines the answer with the feedback and predicts again.
+Every first prediction is also scored: P(yes), the teacher's probability of "yes" as its first word, so the card can
+say how well the teacher ranks likes (an AUC) and not only how often it is right. With `like_threshold` the teacher
+predicts by that probability (P(yes) >= threshold, the refined prediction too) rather than by its reply: the local
+teachers answer "yes" almost always (the 1.5B teacher: 95 of 96), which leaves Algorithm 1 only "like" rationales.
 
     correct, judged reasonable                          -> D_reason (the answer), D_reflect (a positive)
     wrong, judged not reasonable, refinement correct    -> D_reflect (a negative, with its feedback), D_refine
@@ -72,7 +76,7 @@ class Construction:
     feedback: str | None = None
     refined: str | None = None
     refined_prediction: bool | None = None
-    p_like: float | None = None  # evaluation: the probability the actor's first prediction is "yes"
+    p_like: float | None = None  # the probability the actor's first prediction is "yes"
     p_reasonable: float | None = None  # evaluation: the probability the reflector's verdict is "reasonable"
     sets: tuple[str, ...] = ()
     drop: str | None = None
@@ -122,6 +126,7 @@ class TeacherConfig:
     adapter: str | None = None  # the actor's (reason, predict, refine)
     reflector_adapter: str | None = None
     min_words: int = 0  # shorter answers are dropped unjudged (construction only)
+    like_threshold: float | None = None  # predict by P(yes) >= this rather than by the reply (None)
     # evaluation: the reflector gets the inference prompt (no target), as a tuned one was trained, and every answer
     # it rejects is refined, right or wrong, as at inference
     evaluation: bool = False
@@ -131,9 +136,9 @@ class TeacherConfig:
         return replace(self.generation, prefix=f"<{opening}>", stop=(stop,), temperature=temperature)
 
     def steps(self) -> int:
-        """LLM steps a sample goes through at most (strict retries aside): reason, predict, reflect, refine, predict;
-        an evaluation also scores the prediction and the verdict."""
-        return (7 if self.evaluation else 5) * self.draws
+        """LLM steps a sample goes through at most (strict retries aside): reason, predict, score the prediction
+        (unless predicting by score), reflect, refine, predict; an evaluation also scores the verdict."""
+        return (5 + (self.like_threshold is None) + self.evaluation) * self.draws
 
     def reason(self, entity: prompts.Entity) -> GenerationConfig:
         return self._with(prompts.ANSWER_TAG[entity], ANY_CLOSING_TAG, sampled=True)
@@ -151,6 +156,9 @@ class TeacherConfig:
     def scored(self, config: GenerationConfig, choices: tuple[str, str]) -> GenerationConfig:
         """A step's reply scored rather than generated: the probability of each choice as its first word."""
         return replace(config, choices=choices, grammar=None, stop=(), temperature=0.0)
+
+    def scored_prediction(self) -> GenerationConfig:
+        return self.scored(self.predict(), ("yes", "no"))
 
 
 def construct(
@@ -184,10 +192,11 @@ def _construct(teacher: Backend, samples: Sequence[Sample], cfg: TeacherConfig, 
         _reason(teacher, group, entity, cfg, progress)
         answered = [c for c in group if c.answer is not None and substantive(c.answer, gate)]
         _predict(teacher, answered, entity, cfg, progress, refined=False)
+        _score_prediction(teacher, [c for c in answered if c.p_like is None], entity, cfg, progress)
         judged = [c for c in answered if c.prediction is not None]
         _reflect(judge, judged, entity, cfg, progress)
         if cfg.evaluation:
-            _score(teacher, judge, judged, entity, cfg, progress)
+            _score_verdict(judge, judged, entity, cfg, progress)
         rejected = [c for c in judged if c.reasonable is False and (cfg.evaluation or not c.correct)]
         _refine(teacher, rejected, entity, cfg, progress)
         _predict(teacher, [c for c in rejected if c.refined is not None], entity, cfg, progress, refined=True)
@@ -218,7 +227,8 @@ def _reason(teacher, group, entity, cfg, progress) -> None:
 
 
 def _predict(teacher, group, entity, cfg, progress, refined: bool) -> None:
-    """The like / dislike prediction after the answer (or the refinement), asked as its own turn."""
+    """The like / dislike prediction after the answer (or the refinement), asked as its own turn: the reply, or
+    P(yes) against `like_threshold`."""
 
     def build(c: Construction, strict: bool) -> prompts.Chat:
         s = c.sample
@@ -230,12 +240,18 @@ def _predict(teacher, group, entity, cfg, progress, refined: bool) -> None:
         return prompts.predict_chat(chat, entity, cfg.domain, strict)
 
     step = "construct-predict-refined" if refined else "construct-predict"
-    for c, prediction in zip(group, _step(teacher, group, step, build, parse_prediction, cfg.adapter, cfg.predict(),
-                                          progress=progress)):  # fmt: skip
+    threshold = cfg.like_threshold
+    parse, config = (parse_prediction, cfg.predict()) if threshold is None else (_p_yes, cfg.scored_prediction())
+    for c, said in zip(group, _step(teacher, group, step, build, parse, cfg.adapter, config, progress=progress)):
+        prediction = said if threshold is None or said is None else said >= threshold
         if refined:
             c.refined_prediction = prediction
         else:
-            c.prediction = prediction
+            c.prediction, c.p_like = prediction, (c.p_like if threshold is None else said)
+
+
+def _p_yes(reply: str) -> float | None:
+    return parse_choice_reply(reply, "yes")
 
 
 def _reflect(teacher, group, entity, cfg, progress) -> None:
@@ -256,24 +272,29 @@ def _reflect(teacher, group, entity, cfg, progress) -> None:
         c.reasonable, c.feedback = parsed if parsed else (None, None)
 
 
-def _score(teacher, judge, group, entity, cfg, progress) -> None:
-    """Evaluation: the first prediction and the verdict as probabilities, read from the models' next-token
-    distributions, so that each can be ranked (an AUC) rather than only counted."""
+def _score_prediction(teacher, group, entity, cfg, progress) -> None:
+    """The first prediction as a probability, read from the model's next-token distribution, so that it can be
+    ranked (an AUC) rather than only counted."""
     predicted = _step(
         teacher, group, "score-prediction",
         lambda c, strict: prompts.predict_chat(prompts.answered_chat(entity, cfg.domain, c.sample.inputs, c.answer,
                                                                      c.sample.target), entity, cfg.domain, strict),
-        lambda reply: parse_choice_reply(reply, "yes"), cfg.adapter, cfg.scored(cfg.predict(), ("yes", "no")),
-        progress=progress,
+        _p_yes, cfg.adapter, cfg.scored_prediction(), progress=progress,
     )  # fmt: skip
+    for c, p_like in zip(group, predicted):
+        c.p_like = p_like
+
+
+def _score_verdict(judge, group, entity, cfg, progress) -> None:
+    """Evaluation: the verdict as a probability, as the prediction's."""
     verdicts = _step(
         judge, group, "score-verdict",
         lambda c, strict: prompts.reflect_chat(entity, cfg.domain, c.sample.inputs, c.answer, strict=strict),
         lambda reply: parse_choice_reply(reply, "reasonable"), cfg.reflector_adapter,
         cfg.scored(cfg.reflect(), ("reasonable", "not reasonable")), progress=progress,
     )  # fmt: skip
-    for c, p_like, p_reasonable in zip(group, predicted, verdicts):
-        c.p_like, c.p_reasonable = p_like, p_reasonable
+    for c, p_reasonable in zip(group, verdicts):
+        c.p_reasonable = p_reasonable
 
 
 def _refine(teacher, group, entity, cfg, progress) -> None:

@@ -39,6 +39,7 @@ from r4ec.knowledge.prompts import CONSTRUCTION_VERSION
 from r4ec.local_models import adapter_identity, is_adapter
 from r4ec.tuning.construction import Construction, Sample, construct
 from r4ec.tuning.job import teacher_config
+from r4ec.tuning.ranking import auc
 from r4ec.tuning.samples import held_out_samples
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,6 @@ def outcome(c: Construction) -> dict:
 def user_of(sample: Sample) -> str:
     """The held-out user a sample is about: the user, or an item's target user (the unit of the bootstrap)."""
     return sample.inputs["user_id"] if sample.entity == "user" else sample.target["user_id"]
-
-
-def auc(scores: list[float], positives: list[bool]) -> float | None:
-    """The chance a positive scores above a negative, ties counting half (for a yes / no score, (TPR + TNR) / 2);
-    None when a class is missing. From average ranks: n log n, for the bootstrap's thousand draws."""
-    n_pos = sum(map(bool, positives))
-    n_neg = len(positives) - n_pos
-    if not n_pos or not n_neg:
-        return None
-    ordered, rank_sum, start = sorted(zip(scores, positives)), 0.0, 0
-    while start < len(ordered):
-        end = start
-        while end < len(ordered) and ordered[end][0] == ordered[start][0]:
-            end += 1
-        rank_sum += (start + 1 + end) / 2 * sum(bool(p) for _, p in ordered[start:end])  # ranks start+1 .. end
-        start = end
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def metrics(rows: list[dict]) -> dict:
@@ -200,8 +184,9 @@ def evaluate(settings: Settings, per_user: int = 2, draws: int = 1000, entity: s
     with serving_engines(settings) as engines:
         backends = {role: worker_backend(settings, None, role, engines.get(role)) for role in ("actor", "reflector")}
         for name, arm in chosen.items():
+            # the actors are measured by what they answer: a teacher's like_threshold is no part of them
             cfg = replace(teacher_config(settings), adapter=arm.actor_adapter, reflector_adapter=arm.reflector_adapter,
-                          evaluation=True)  # fmt: skip
+                          evaluation=True, like_threshold=None)  # fmt: skip
             log.info("evaluation: %s arm on %d held-out samples", name, len(samples))
             with PartProgress(0, len(samples), None, cfg.steps(), k.progress_interval_s) as progress:
                 runs = construct(backends["actor"], samples, cfg, progress, pipelines(settings, engines), backends[arm.judge])

@@ -41,6 +41,7 @@ from r4ec.knowledge.progress import PartProgress
 from r4ec.knowledge.prompts import CONSTRUCTION_VERSION, PROMPT_VERSION
 from r4ec.local_models import model_identity
 from r4ec.tuning.construction import DROPS, SETS, Sample, TeacherConfig, construct, examples
+from r4ec.tuning.ranking import auc, threshold_at_rate
 
 log = logging.getLogger(__name__)
 STAMP = b"r4ec.part"
@@ -51,7 +52,7 @@ def teacher_config(settings: Settings) -> TeacherConfig:
     generation = GenerationConfig(max_new_tokens=k.max_new_tokens, repetition_penalty=k.repetition_penalty,
                                   seed=settings.seed)  # fmt: skip
     return TeacherConfig(settings.domain, generation, settings.tuning.draws, k.sampling_temperature,
-                         min_words=settings.tuning.min_answer_words)
+                         min_words=settings.tuning.min_answer_words, like_threshold=settings.tuning.like_threshold)
 
 
 def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list[str]) -> dict:
@@ -63,7 +64,8 @@ def manifest(settings: Settings, samples_digest: str, parts: int, held_out: list
         "construction_version": CONSTRUCTION_VERSION, "max_new_tokens": k.max_new_tokens,
         "repetition_penalty": k.repetition_penalty, "draws": t.draws, "sampling_temperature": k.sampling_temperature,
         "held_out_fraction": t.held_out_fraction, "held_out": fingerprint.of_json(sorted(held_out)), "limit": t.limit,
-        "entities": list(t.entities), "min_answer_words": t.min_answer_words,
+        "entities": list(t.entities), "min_answer_words": t.min_answer_words, "like_threshold": t.like_threshold,
+        "prediction_scored": True,  # every first prediction's P(yes) is in the parts
         "seed": settings.seed, "protocol": {name: dbt_vars[name] for name in PROTOCOL_VARS},
         "samples": samples_digest, "parts": parts, "partition_size": k.partition_size,
     }  # fmt: skip
@@ -74,7 +76,7 @@ def _schema() -> pa.Schema:
     return pa.schema([
         ("sample_id", pa.string()), ("entity", pa.string()), ("draw", pa.int32()), ("target_id", pa.string()),
         ("label", pa.int32()), ("answer", pa.string()), ("prediction", pa.bool_()), ("reasonable", pa.bool_()),
-        ("feedback", pa.string()), ("refined", pa.string()), ("refined_prediction", pa.bool_()), ("sets", strings),
+        ("feedback", pa.string()), ("refined", pa.string()), ("refined_prediction", pa.bool_()), ("p_like", pa.float64()), ("sets", strings),
         ("drop", pa.string()), ("examples", strings), ("replies", pa.list_(pa.struct([("step", pa.string()),
         ("reply", pa.string())]))), ("parse_failures", strings), ("tokens_in", pa.int64()), ("tokens_out", pa.int64()),
         ("llm_calls", pa.int32()), ("teacher", pa.string()), ("prompt_version", pa.string()), ("part", pa.int32()),
@@ -100,7 +102,7 @@ def construct_part(spec: dict) -> dict:
         {"sample_id": c.sample.sample_id, "entity": c.sample.entity, "draw": c.draw,
          "target_id": c.sample.target_id, "label": c.sample.label, "answer": c.answer,
          "prediction": c.prediction, "reasonable": c.reasonable, "feedback": c.feedback, "refined": c.refined,
-         "refined_prediction": c.refined_prediction, "sets": list(c.sets), "drop": c.drop,
+         "refined_prediction": c.refined_prediction, "p_like": c.p_like, "sets": list(c.sets), "drop": c.drop,
          "examples": [json.dumps(asdict(e)) for e in examples(c, settings.domain, provenance)],
          "replies": c.chain.replies, "parse_failures": c.chain.parse_failures, "tokens_in": c.chain.tokens_in,
          "tokens_out": c.chain.tokens_out, "llm_calls": c.chain.llm_calls, "teacher": teacher.model_id,
@@ -203,6 +205,8 @@ def write_datasets(parts_dir: Path, out_dir: Path, about: dict, held_out: list[s
 def _tally(rows: list[dict]) -> dict:
     """What a card says of some constructions: sizes, drops, label balance, verdicts, teacher accuracy, tokens."""
     predicted = [r for r in rows if r["prediction"] is not None]
+    scored = [r for r in predicted if r["p_like"] is not None]
+    liked = sum(r["label"] == 1 for r in scored) / max(1, len(scored))
     return {
         "constructions": len(rows),
         "examples": {name: sum(name in r["sets"] for r in rows) for name in SETS},  # one example per set kept
@@ -212,5 +216,9 @@ def _tally(rows: list[dict]) -> dict:
                                          if "reflect" in r["sets"])),
         "teacher_accuracy": sum(r["prediction"] == bool(r["label"]) for r in predicted) / max(1, len(predicted)),
         "teacher_said_yes": sum(bool(r["prediction"]) for r in predicted),
+        # how well the teacher's P(yes) ranks likes (0.5: not at all), and the P(yes) at which it would predict
+        # "like" as often as these samples are liked: a value for tuning.like_threshold
+        "teacher_auc_p_like": auc([r["p_like"] for r in scored], [r["label"] == 1 for r in scored]),
+        "teacher_threshold_at_like_rate": threshold_at_rate([r["p_like"] for r in scored], liked),
         "tokens": {"in": sum(r["tokens_in"] for r in rows), "out": sum(r["tokens_out"] for r in rows)},
     }  # fmt: skip

@@ -327,8 +327,11 @@ def tuning_provenance(settings: Settings) -> list[str]:
         c = json.loads(card.read_text())
         sets = ", ".join(f"{name} {n:,}" for name, n in c["examples"].items())
         dropped = ", ".join(f"{why} {n:,}" for why, n in sorted(c["dropped"].items()))
+        ranks = c.get("teacher_auc_p_like")  # cards written before the prediction was scored have none
+        ranking = f", AUC of its P(yes) for a like {ranks:.3f}" if ranks is not None else ""
         lines += [f"SFT data (Algorithm 1; teacher and sample in the commands below): {c['constructions']:,} "
-                  f"constructions, teacher accuracy {c['teacher_accuracy']:.3f}; kept {sets}; dropped {dropped or 'none'}.", ""]  # fmt: skip
+                  f"constructions, teacher accuracy {c['teacher_accuracy']:.3f}{ranking}; kept {sets}; dropped "
+                  f"{dropped or 'none'}.", ""]  # fmt: skip
     for role in ("actor", "reflector"):
         record = layout.adapter_dir(settings, role) / "training.json"
         if record.is_file():

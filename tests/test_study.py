@@ -174,7 +174,7 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
     the_plan = plan(Study(("--data-dir", str(tmp_path)), ("iterative-tuned",), benchmarks=()), settings)
     assert "held-out users" not in study.results_page(Study(), settings, the_plan, [])
     card = {"constructions": 240, "teacher_accuracy": 0.6125, "examples": {"reason": 61, "reflect": 98, "refine": 20},
-            "dropped": {"wrong_and_unfixed": 80, "short": 12}}  # fmt: skip
+            "dropped": {"wrong_and_unfixed": 80, "short": 12}, "teacher_auc_p_like": 0.4954}  # fmt: skip
     (layout.sft_dir(settings)).mkdir(parents=True)
     (layout.sft_dir(settings) / "card.json").write_text(json.dumps(card))
     for role, n in (("actor", 81), ("reflector", 98)):
@@ -187,7 +187,7 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
     page = study.results_page(Study(), settings, the_plan, [])
 
     section = page.split("## The actor and the reflector on held-out users")[1].split("\n## ")[0]
-    assert "240 constructions, teacher accuracy 0.613; kept reason 61, reflect 98, refine 20; dropped short 12, wrong_and_unfixed 80." in section
+    assert "240 constructions, teacher accuracy 0.613, AUC of its P(yes) for a like 0.495; kept reason 61, reflect 98, refine 20; dropped short 12, wrong_and_unfixed 80." in section
     assert "- actor: LoRA on 81 examples, 2 epochs, valid loss 1.5000, 1,234 s (210 tokens/s)" in section
     assert "- reflector: LoRA on 98 examples" in section and "| base | 0.570 |" in section
     larger = layout.evaluation_dir(settings, "user", "qwen2.5-coder-0.5b-instruct")

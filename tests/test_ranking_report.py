@@ -147,3 +147,10 @@ def test_each_ablation_is_read_against_iterative_backbone_by_backbone(tmp_path):
                               f"{statistics.fmean(mpnet):+.4f} ")  # fmt: skip
     assert text[5].endswith(" |  | " + f"{statistics.fmean(mpnet):+.4f} | 0 / 0 of 1 |")  # DIN only; within its spread
     assert len(text) == 8 and ablations([r for r in rows if r.knowledge != "iterative"]) == ""
+    # what 2σ means with 3 seeds, by a paired t-test on the per-seed gaps (scipy's own, not the formula under test)
+    from scipy.stats import ttest_rel
+
+    t, p = ttest_rel([0.78, 0.785, 0.772], [0.80, 0.81, 0.79])
+    assert t == pytest.approx(sigmas * 3**0.5)
+    assert "With 3 seeds, ±2σ is a paired t of 3.46 on 2 degrees of freedom (two-sided p = 0.07): among 2 backbones " \
+           "at least one gap that large arises by chance with probability 14%" in text[7]  # 1 - (1 - 0.0742)^2

@@ -106,6 +106,20 @@ def gap_ratio(row: Row, base: Row) -> str:
     return sigmas_text(gap_sigmas(row, base))
 
 
+def chance_of_two_sigma(seeds: int, backbones: int) -> str:
+    """What "beyond 2σ" means with this many seeds: the gap over the spread of n per-seed gaps, times √n, is a paired
+    t on n − 1 degrees of freedom; with 3 seeds, 2σ is t = 3.46, p = 0.07, and among 7 backbones one such gap arises by
+    chance 4 times in 10. Said on the page so that no single such gap is read as a finding."""
+    from scipy.stats import t
+
+    if seeds < 2 or backbones < 1:
+        return ""
+    p = 2 * t.sf(2 * math.sqrt(seeds), seeds - 1)
+    return (f" With {seeds} seeds, ±2σ is a paired t of {2 * math.sqrt(seeds):.2f} on {seeds - 1} degrees of freedom "
+            f"(two-sided p = {p:.2f}): among {backbones} backbones at least one gap that large arises by chance with "
+            f"probability {1 - (1 - p) ** backbones:.0%}, with no real difference anywhere.")
+
+
 def sigmas_text(sigmas: float | None) -> str:
     if sigmas is None:
         return ""
@@ -152,7 +166,8 @@ def ablations(rows: list[Row]) -> str:
         "",
         "Test AUC of the variant minus iterative's (full runs, MLP connector), mean over seeds, and that gap over the "
         "sample standard deviation of the per-seed gaps (seeds both have; none with fewer than two). Last column: on "
-        "how many backbones the variant is ahead of / behind iterative by more than twice its seed spread.",
+        "how many backbones the variant is ahead of / behind iterative by more than twice its seed spread."
+        + chance_of_two_sigma(max((len(r.seeds) for r in reference.values()), default=0), len(backbones)),
     ])  # fmt: skip
 
 
@@ -199,7 +214,8 @@ def markdown(rows: list[Row], title: str) -> str:
     lines += ["", "Test split; mean ± sample standard deviation over seeds. Rel. impr. against the same backbone's "
               "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base. AUC gap / seed spread: "
               "the mean AUC gap to Base over the sample standard deviation of the per-seed gaps (seeds both rows "
-              "have); beyond ±2 the gap exceeds twice its seed spread; empty with fewer than two shared seeds."]  # fmt: skip
+              "have); beyond ±2 the gap exceeds twice its seed spread; empty with fewer than two shared seeds."
+              + chance_of_two_sigma(max((len(r.seeds) for r in rows), default=0), len({r.backbone for r in rows if r.knowledge != "none"}))]  # fmt: skip
     if runs:
         lines += ["", "Knowledge runs (strategy and sample · model · prompts · content hash):", ""]
         lines += [f"- [{mark}] {label(about)}{coverage(about)}" for mark, about in runs.values()]

@@ -1,0 +1,156 @@
+"""Does the length limit cut answers short, or only replies that would never end? (issue 10: under 5 % cut)
+
+    .venv/bin/python benchmarks/reply_limits.py --entity item --entities 64
+
+Takes a seeded sample of a finished untuned `iterative` run's entities, rebuilds their reason prompts and, where the
+reflector judged the answer not reasonable, their refine prompts (from the run's own answer and feedback), and asks
+them again on a fresh llama-server with the run's settings but `--room` new tokens instead of the run's limit.
+Greedy decoding makes the run's replies a prefix of these where the engine agrees with itself (the share is shown).
+Per step it prints: the replies that reach the run's limit, how many of those end within the room (and at what
+length), how many still run at the room and how many of those are loops (a sentence said three times, or an
+8-word span four times), and the generated tokens per reply at the limit against with room: what a higher limit
+would cost and what it would buy. `--dry` asks the same with llama.cpp's DRY sampler, which penalizes repeats: does
+it end the loops, and how far does it move the answers? Needs the study's (or `r4ec knowledge generate --strategy iterative --full`'s)
+run in data/; refuses a run made with other LLM settings or prompts than the current ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from r4ec import fingerprint, layout
+from r4ec.config import Settings
+from r4ec.knowledge import llamacpp, prompts
+from r4ec.knowledge.backends import GenerationConfig, LlamaCppBackend, Request
+from r4ec.knowledge.job import LLM_ENTRIES, loop_config, manifest, select_entities
+from r4ec.knowledge.loop import GENERIC_FEEDBACK
+from r4ec.knowledge.report import read_knowledge
+from r4ec.local_models import SMOLLM2
+
+AGREE_CHARS = 200  # the run's reply and the new one agree if their first this many characters do
+
+
+@dataclass
+class DryBackend(LlamaCppBackend):
+    """llama.cpp's DRY sampler in front of the job's: it penalizes the token that would extend a span already said
+    longer than `dry_allowed_length` tokens (prompt included), more the longer the span."""
+
+    dry_multiplier: float = 0.0
+    dry_allowed_length: int = 2
+
+    def _body(self, request: Request, config: GenerationConfig) -> dict:
+        body = super()._body(request, config)
+        if self.dry_multiplier:
+            body.update(dry_multiplier=self.dry_multiplier, dry_allowed_length=self.dry_allowed_length,
+                        samplers=["dry", *body["samplers"]])  # fmt: skip
+        return body
+
+
+def is_loop(text: str) -> bool:
+    """A reply that repeats itself: one sentence three times, or one 8-word span four times."""
+    sentences = Counter(s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.split()) >= 3)
+    if sentences and max(sentences.values()) >= 3:
+        return True
+    words = text.lower().split()
+    spans = Counter(tuple(words[i : i + 8]) for i in range(len(words) - 7))
+    return bool(spans) and max(spans.values()) >= 4
+
+
+def check_run(settings: Settings, entity: str, run_dir: Path, inputs: dict[str, dict]) -> dict:
+    """The run's manifest, if its answers came from these inputs and the settings this script will ask with; else
+    a one-line exit."""
+    path = run_dir / layout.MANIFEST
+    if not path.exists():
+        raise SystemExit(f"no finished run at {run_dir}: run the study, or `r4ec knowledge generate --full` with "
+                         "--strategy iterative")
+    found = json.loads(path.read_text())
+    now = manifest(settings, entity, found.get("inputs", ""), found.get("parts", 0))
+    changed = [key for key in (*LLM_ENTRIES, "prompt_version") if found.get(key) != now[key]]
+    ids = select_entities(list(inputs), found.get("limit"), settings.seed)
+    if fingerprint.of_rows([inputs[i] for i in ids]) != found.get("inputs"):
+        changed.append("the prompt inputs")
+    if changed:
+        raise SystemExit(f"{run_dir} was made from other inputs or settings than today's ({', '.join(changed)}): "
+                         "its replies are not comparable")
+    return found
+
+
+def questions(settings: Settings, entity: str, records: list[dict], inputs: dict[str, dict]) -> dict[str, list]:
+    """Per step, [(chat, the run's reply)]: every reason prompt, and the refine prompts the run asked."""
+    domain, asked = settings.domain, {"reason": [], "refine-1": []}
+    for record in records:
+        row = inputs[record[f"{entity}_id"]]
+        said = {r["step"]: r["reply"] for r in record["replies"]}  # a strict retry is a step of its own
+        asked["reason"].append((prompts.reason_chat(entity, domain, row), said["reason"]))
+        if record["judgements"] and record["judgements"][0] == "not reasonable" and "refine-1" in said:
+            feedback = record["reflections"][0] or GENERIC_FEEDBACK
+            chat = prompts.refine_chat(entity, domain, row, record["answers"][0], feedback)
+            asked["refine-1"].append((chat, said["refine-1"]))
+    return asked
+
+
+def report(step: str, limit: int, room: int, generations: list, before: list[str]) -> None:
+    n = len(generations)
+    at_limit = [g for g in generations if g.tokens_out >= limit]
+    ended = sorted(g.tokens_out for g in at_limit if g.tokens_out < room)
+    running = [g for g in at_limit if g.tokens_out >= room]
+    loops = sum(is_loop(g.text) for g in running)
+    capped = sum(min(g.tokens_out, limit) for g in generations)
+    roomy = sum(g.tokens_out for g in generations)
+    alike = sum(g.text[:AGREE_CHARS] == old[:AGREE_CHARS] for g, old in zip(generations, before))
+    median = f" (median {statistics.median(ended):.0f} tokens)" if ended else ""
+    print(f"{step}: {n} replies, {len(at_limit)} reach the limit of {limit} tokens ({len(at_limit) / max(n, 1):.0%}); "
+          f"of those {len(ended)} end within {room}{median}, {len(running)} still run at {room} ({loops} of them "
+          f"loops); generated tokens per reply {capped / max(n, 1):.0f} at the limit, {roomy / max(n, 1):.0f} with "
+          f"room; {alike}/{n} agree with the run's reply in their first {AGREE_CHARS} characters")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", choices=layout.ENTITIES, default="item", help="whose prompts (default item)")
+    parser.add_argument("--entities", type=int, default=64, help="a seeded sample of this many (default 64)")
+    parser.add_argument("--room", type=int, default=768,
+                        help="new tokens allowed instead of the run's limit (default 768)")
+    parser.add_argument("--dry", type=float, default=0.0, help="also apply llama.cpp's DRY repetition sampler at this "
+                        "multiplier (e.g. 0.8; default 0: off, as the job runs)")  # fmt: skip
+    parser.add_argument("--dry-length", type=int, default=8, help="DRY: repeated spans up to this many tokens go "
+                        "unpenalized (default 8: a title or a rating line may be quoted)")  # fmt: skip
+    args = parser.parse_args()
+    settings = Settings(knowledge={"strategy": "iterative"})
+    run_dir = layout.knowledge_dir(settings, args.entity)
+    key = f"{args.entity}_id"
+    rows = pq.read_table(layout.prompt_inputs_path(settings, args.entity)).to_pylist()  # as the job reads them
+    inputs = {row[key]: row for row in rows if row[key] is not None}
+    limit = check_run(settings, args.entity, run_dir, inputs)["max_new_tokens"]
+    records = read_knowledge(run_dir)
+    ids = set(select_entities(sorted(r[key] for r in records), args.entities, settings.seed))
+    chosen = [r for r in records if r[key] in ids]
+    asked = questions(settings, args.entity, chosen, inputs)
+    cfg, k = loop_config(settings, args.entity), settings.knowledge
+    configs: dict[str, GenerationConfig] = {"reason": cfg.reason_generation(), "refine-1": cfg.refine_generation()}
+    model = llamacpp.model_file(SMOLLM2, k.quantization, settings.models_dir)
+    dry = f", DRY {args.dry} beyond {args.dry_length} tokens" if args.dry else ""
+    print(f"{run_dir}: {len(chosen)} {args.entity}s, limit {limit}, room {args.room}{dry}, {model.name}")
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        llamacpp.LlamaServer(model, Path(scratch) / "server.log", k.slots, k.context_per_slot) as server,
+    ):
+        backend = DryBackend(server.base_url, model.name, timeout_s=900, concurrency=k.slots, base_id="limits",
+                             context=k.context_per_slot, dry_multiplier=args.dry, dry_allowed_length=args.dry_length)
+        for step, pairs in asked.items():
+            config = replace(configs[step], max_new_tokens=args.room)
+            generations = backend.generate([Request.chat(chat) for chat, _ in pairs], config)
+            report(step, limit, args.room, generations, [old for _, old in pairs])
+
+
+if __name__ == "__main__":
+    main()

@@ -10,8 +10,8 @@ Per step it prints: the replies that reach the run's limit, how many of those en
 length), how many still run at the room and how many of those are loops (a sentence said three times, or an
 8-word span four times), and the generated tokens per reply at the limit against with room: what a higher limit
 would cost and what it would buy. `--dry` asks the same with llama.cpp's DRY sampler, which penalizes repeats: does
-it end the loops, and how far does it move the answers? Needs the study's (or `r4ec knowledge generate --strategy iterative --full`'s)
-run in data/; refuses a run made with other LLM settings or prompts than the current ones.
+it end the loops, and how far does it move the answers? Needs the study's (or `r4ec knowledge generate --strategy
+iterative --full`'s) run in data/; refuses a run made with other LLM settings, prompts or inputs than the current ones.
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ import re
 import statistics
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
-from r4ec.knowledge.backends import GenerationConfig, LlamaCppBackend, Request
-from r4ec.knowledge.job import LLM_ENTRIES, loop_config, manifest, select_entities
+from r4ec.knowledge.backends import GenerationConfig, LlamaCppBackend, Request, build_backend
+from r4ec.knowledge.job import LLM_ENTRIES, loop_config, manifest, read_inputs, select_entities
 from r4ec.knowledge.loop import GENERIC_FEEDBACK
 from r4ec.knowledge.report import read_knowledge
-from r4ec.local_models import SMOLLM2
 
 AGREE_CHARS = 200  # the run's reply and the new one agree if their first this many characters do
 
@@ -44,15 +41,22 @@ class DryBackend(LlamaCppBackend):
     """llama.cpp's DRY sampler in front of the job's: it penalizes the token that would extend a span already said
     longer than `dry_allowed_length` tokens (prompt included), more the longer the span."""
 
-    dry_multiplier: float = 0.0
-    dry_allowed_length: int = 2
+    dry_multiplier: float = 0.8
+    dry_allowed_length: int = 8
 
     def _body(self, request: Request, config: GenerationConfig) -> dict:
         body = super()._body(request, config)
-        if self.dry_multiplier:
-            body.update(dry_multiplier=self.dry_multiplier, dry_allowed_length=self.dry_allowed_length,
-                        samplers=["dry", *body["samplers"]])  # fmt: skip
+        body.update(dry_multiplier=self.dry_multiplier, dry_allowed_length=self.dry_allowed_length,
+                    samplers=["dry", *body["samplers"]])  # fmt: skip
         return body
+
+
+def with_dry(backend: LlamaCppBackend, multiplier: float, allowed_length: int) -> LlamaCppBackend:
+    """The job's backend as it is (multiplier 0), or the same one with DRY in front."""
+    if not multiplier:
+        return backend
+    same = {f.name: getattr(backend, f.name) for f in fields(LlamaCppBackend) if f.init and not f.name.startswith("_")}
+    return DryBackend(**same, dry_multiplier=multiplier, dry_allowed_length=allowed_length)
 
 
 def is_loop(text: str) -> bool:
@@ -128,24 +132,19 @@ def main() -> None:
     settings = Settings(knowledge={"strategy": "iterative"})
     run_dir = layout.knowledge_dir(settings, args.entity)
     key = f"{args.entity}_id"
-    rows = pq.read_table(layout.prompt_inputs_path(settings, args.entity)).to_pylist()  # as the job reads them
-    inputs = {row[key]: row for row in rows if row[key] is not None}
+    inputs = read_inputs(layout.prompt_inputs_path(settings, args.entity), args.entity)
     limit = check_run(settings, args.entity, run_dir, inputs)["max_new_tokens"]
     records = read_knowledge(run_dir)
     ids = set(select_entities(sorted(r[key] for r in records), args.entities, settings.seed))
     chosen = [r for r in records if r[key] in ids]
     asked = questions(settings, args.entity, chosen, inputs)
-    cfg, k = loop_config(settings, args.entity), settings.knowledge
+    cfg = loop_config(settings, args.entity)
     configs: dict[str, GenerationConfig] = {"reason": cfg.reason_generation(), "refine-1": cfg.refine_generation()}
-    model = llamacpp.model_file(SMOLLM2, k.quantization, settings.models_dir)
     dry = f", DRY {args.dry} beyond {args.dry_length} tokens" if args.dry else ""
-    print(f"{run_dir}: {len(chosen)} {args.entity}s, limit {limit}, room {args.room}{dry}, {model.name}")
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        llamacpp.LlamaServer(model, Path(scratch) / "server.log", k.slots, k.context_per_slot) as server,
-    ):
-        backend = DryBackend(server.base_url, model.name, timeout_s=900, concurrency=k.slots, base_id="limits",
-                             context=k.context_per_slot, dry_multiplier=args.dry, dry_allowed_length=args.dry_length)
+    with tempfile.TemporaryDirectory() as scratch, llamacpp.serving(settings, Path(scratch)) as engines:
+        model = engines["actor"]["model"]
+        print(f"{run_dir}: {len(chosen)} {args.entity}s, limit {limit}, room {args.room}{dry}, {model}")
+        backend = with_dry(build_backend(settings, engine=engines["actor"]), args.dry, args.dry_length)
         for step, pairs in asked.items():
             config = replace(configs[step], max_new_tokens=args.room)
             generations = backend.generate([Request.chat(chat) for chat, _ in pairs], config)

@@ -322,7 +322,7 @@ def generate_knowledge(settings: Settings, entity: str, overwrite: bool = False)
     if not source.is_file():
         raise KnowledgeError(f"{source} not found: run `r4ec marts build` first")
     k = settings.knowledge
-    inputs = _read_inputs(source, entity)
+    inputs = read_inputs(source, entity)
     ids = select_entities(list(inputs), k.limit, settings.seed)
     parts = [ids[start : start + k.partition_size] for start in range(0, len(ids), k.partition_size)]
     wanted = manifest(settings, entity, fingerprint.of_rows([inputs[i] for i in ids]), len(parts))
@@ -366,7 +366,7 @@ def refresh_knowledge(settings: Settings, entity: str) -> JobSummary:
     return _run_parts(settings, entity, out_dir, fingerprint.of_json(wanted), names, parts, source, inputs)
 
 
-def _read_inputs(source: Path, entity: str) -> dict[str, dict]:
+def read_inputs(source: Path, entity: str) -> dict[str, dict]:
     """Prompt-input rows by id; dbt writes an empty mart as one all-null row, which is no entity."""
     id_column = f"{entity}_id"
     return {row[id_column]: row for row in pq.read_table(source).to_pylist() if row[id_column] is not None}
@@ -397,7 +397,7 @@ def _refresh_inputs(settings: Settings, entity: str, source: Path) -> dict[str, 
         found = "no refresh interval" if window[0] is None else f"the interval {window[0]} to {window[1]}"
         raise KnowledgeError(f"the marts in {settings.marts_dir} hold {found}: run `r4ec marts build --refresh-start "
                              f"{settings.refresh_start:%Y-%m-%dT%H:%M:%S} --refresh-end {settings.refresh_end:%Y-%m-%dT%H:%M:%S}` first")  # fmt: skip
-    return _read_inputs(source, entity)
+    return read_inputs(source, entity)
 
 
 def _run_parts(

@@ -1,5 +1,6 @@
-"""A copy, outside the data dir, of what took hours to make: knowledge parts, every LLM answer, the tuning data and
-adapters, finished training runs, the study's journal and benchmark figures (`layout.kept`).
+"""A copy, outside the data dir, of what took long to make: knowledge parts and their vectors, every LLM answer, the
+tuning data and adapters, finished training runs, the study's journal, probe results and benchmark figures
+(`layout.kept`).
 
 A machine's disk may not outlive it. `benchmarks/run_all.py --archive DIR` restores from DIR before it starts and
 saves to it after every command, so the study continues on a fresh machine where the last one stopped. DIR is any

@@ -256,6 +256,7 @@ def vector_cache_path(settings: Settings) -> Path:
 
 
 STUDY_JOURNAL = "study-journal.jsonl"  # every command the study ran, in the reports folder
+PROBE_RESULTS = "probe"  # in a reports folder: each training set's probe result, by its stamp (r4ec.ranking.probe)
 
 
 def study_journal_path(settings: Settings) -> Path:
@@ -278,8 +279,9 @@ class Kept:
 
 
 def kept(settings: Settings) -> tuple[Kept, ...]:
-    """What took an LLM or a training run hours to make. Vectors, training sets, Feast and the marts are minutes to
-    rebuild from these and the raw data, and are left out."""
+    """What took an LLM, an encoder or a training run long to make. Training sets, Feast and the marts are minutes to
+    rebuild from these and the raw data, and are left out; vectors are kept because encoding every run again takes
+    most of an hour (all-mpnet-base-v2 alone ~25 minutes on ml-100k)."""
     root = settings.data_dir.resolve()
 
     def at(path: Path, *more: str) -> str:
@@ -287,6 +289,8 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
 
     return (
         Kept(at(settings.knowledge_dir, "*", "*_knowledge"), (MANIFEST, REFRESH_MANIFESTS, "part-*.parquet")),
+        # each part stamped with its knowledge part's hash and the encoder's: the encode step checks what it restores
+        Kept(at(settings.knowledge_dir, "*", "*_knowledge_vectors*"), (COMPLETE, "part-*.parquet"), COMPLETE),
         Kept(at(construction_dir(settings)), (MANIFEST, "part-*.parquet")),
         Kept(at(sft_dir(settings)), ("*.jsonl", "card.json"), "card.json"),
         Kept(at(adapter_dir(settings, "*")), ("training.json", "adapter/*"), "adapter/adapter_config.json"),
@@ -295,5 +299,7 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
         # the metrics and test predictions, and it publishes nothing; a run to serve is trained again in minutes
         Kept(at(settings.artifacts_dir, "*"), ("config.json", "metrics.json", PREDICTIONS, "vocab.json"), "metrics.json"),
         Kept(at(settings.reports_dir), (STUDY_JOURNAL,)),
+        # the probe's results, which the report reads for runs whose training set is not here (kept by their stamp)
+        Kept(at(settings.reports_dir, PROBE_RESULTS), ("*.json",)),
         Kept(at(benchmarks_dir(settings)), ("*.md",)),
     )

@@ -346,9 +346,9 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
     lines = [
         "## Knowledge runs: what they hold and what they cost",
         "",
-        "| run | entity | entities | parsed | fallback | first reflection: reasonable / judged / no verdict | LLM calls | "
-        "prompt tokens (computed) | generated tokens | replies cut | part-seconds | generated tokens/s | "
-        "per 1,000 entities: calls, generated tokens, part-seconds |",
+        "| run | entity | entities | parsed | fallback | first reflection: reasonable / judged / no verdict | "
+        "LLM replies (generated now) | prompt tokens (computed) | tokens out (generated now) | replies cut | "
+        "part-seconds | generated tokens/s | per 1,000 entities: replies, tokens out, part-seconds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = dict.fromkeys(layout.KnowledgeRun.named(name, study.limit).encoded_by(None) for name in study.knowledge)
@@ -361,15 +361,20 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
             n, per = s["entities"], 1000 / s["entities"]
             rate = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else ""
             verdicts = " / ".join(f"{v:,}" for v in s["reasonable_per_round"][0]) if s["reasonable_per_round"] else ""
+            timed = s["llm_calls"] > 0  # parts rebuilt from cached answers took no LLM time: theirs is not their cost
+            seconds, per_seconds = (f"{s['generation_seconds']:,.0f}", f"{s['generation_seconds'] * per:,.0f}") if timed else ("", "n/a")
             lines.append(
                 f"| {run.folder} | {entity} | {n:,} | {s['quality'].get('parsed', 0):,} | {s['quality'].get('fallback', 0):,} | "
-                f"{verdicts} | {s['llm_calls']:,} | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | {s['generated_tokens']:,} | "
-                f"{s['replies_cut']:,} | {s['generation_seconds']:,.0f} | {rate} | {s['llm_calls'] * per:,.0f}, "
-                f"{s['generated_tokens'] * per:,.0f}, {s['generation_seconds'] * per:,.0f} |"
+                f"{verdicts} | {s['replies']:,} ({s['llm_calls']:,}) | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | "
+                f"{s['tokens_out']:,} ({s['generated_tokens']:,}) | {s['replies_cut']:,} | {seconds} | {rate} | "
+                f"{s['replies'] * per:,.0f}, {s['tokens_out'] * per:,.0f}, {per_seconds} |"
             )  # fmt: skip
-    return lines + ["", f"part-seconds: each knowledge part's own time, summed; Spark runs up to {os.cpu_count()} parts "
-                        "at once here (local[*]), which share one llama.cpp server, so the wall time is shorter. "
-                        "Tokens/s: generated tokens over part-seconds."]  # fmt: skip
+    return lines + ["", "Replies and tokens out: all those behind the knowledge; in brackets, those this run generated. The "
+                        "rest came from the answer cache (answers an earlier run made with the same prompts and models): "
+                        "their time is not in this row, and replies cut counts only the generated ones. part-seconds: each "
+                        f"knowledge part's own time, summed; Spark runs up to {os.cpu_count()} parts at once here "
+                        "(local[*]), which share one llama.cpp server, so the wall time is shorter. Tokens/s: tokens "
+                        "generated over part-seconds."]  # fmt: skip
 
 
 def benchmarks_section(settings: Settings, study: Study) -> list[str]:

@@ -14,6 +14,7 @@ from r4ec.knowledge.cache import AnswerCache
 RUN = Path("knowledge/ml-100k/iterative/user_knowledge")
 TRAINED = Path("models/artifacts/ml-100k/din-iterative-attention-seed1")
 ADAPTER = Path("tuning/ml-100k/adapters/actor")
+VECTORS = Path("knowledge/ml-100k/iterative-enc-allmpnetbasev2/item_knowledge_vectors-allmpnetbasev2")
 
 
 def data_dir(root: Path) -> Settings:
@@ -21,7 +22,8 @@ def data_dir(root: Path) -> Settings:
     files = {
         RUN / "_manifest.json": '{"inputs": "a"}', RUN / "part-00000.parquet": "part 0", RUN / "part-00001.parquet": "part 1",
         RUN / "part-00002.parquet.partial": "a part being written",
-        Path("knowledge/ml-100k/iterative/user_knowledge_vectors/part-00000.parquet"): "vectors: minutes to encode",
+        Path("knowledge/ml-100k/iterative/user_knowledge_vectors/part-00000.parquet"): "vectors being encoded: not kept",
+        VECTORS / "part-00000.parquet": "vectors", VECTORS / "_COMPLETE.json": "{}",
         TRAINED / "config.json": "{}", TRAINED / "model.pt": "weights: not kept", TRAINED / "metrics.json": "{}",
         TRAINED / "predictions.parquet": "test predictions",
         Path("models/artifacts/ml-100k/dcn-none-none-seed1/config.json"): "{} (killed while training: no metrics)",
@@ -29,6 +31,7 @@ def data_dir(root: Path) -> Settings:
         ADAPTER / "adapter/adapter_model.safetensors": "lora", ADAPTER / "checkpoint/state.pt": "resume state",
         Path("reports/ml-100k/study-journal.jsonl"): '{"command": "r4ec data load"}\n',
         Path("reports/ml-100k/table2.md"): "rewritten by r4ec report",
+        Path("reports/ml-100k/probe/iterative.json"): '{"key": {}, "result": {}}',
     }  # fmt: skip
     for path, text in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -59,20 +62,21 @@ def test_a_fresh_data_dir_gets_back_the_finished_outputs_and_the_answers(tmp_pat
     kept = {str(RUN / "_manifest.json"), str(RUN / "part-00000.parquet"), str(RUN / "part-00001.parquet"),
             str(TRAINED / "config.json"), str(TRAINED / "predictions.parquet"), str(TRAINED / "metrics.json"),
             str(ADAPTER / "training.json"), str(ADAPTER / "adapter/adapter_config.json"),
-            str(ADAPTER / "adapter/adapter_model.safetensors"), "reports/ml-100k/study-journal.jsonl"}  # fmt: skip
+            str(ADAPTER / "adapter/adapter_model.safetensors"), "reports/ml-100k/study-journal.jsonl",
+            str(VECTORS / "part-00000.parquet"), str(VECTORS / "_COMPLETE.json"), "reports/ml-100k/probe/iterative.json"}  # fmt: skip
     assert {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and "cache" not in p.parts} == kept
-    assert (saved.folders, saved.files, saved.answers) == (4, 10, 2)
+    assert (saved.folders, saved.files, saved.answers) == (6, 13, 2)
 
     new = Settings(data_dir=tmp_path / "new")
     restored = archive.restore(new, store)
 
-    assert (restored.folders, restored.files, restored.answers, restored.skipped) == (4, 10, 2, 0)
+    assert (restored.folders, restored.files, restored.answers, restored.skipped) == (6, 13, 2, 0)
     for name in kept:
         assert (new.data_dir / name).read_bytes() == (old.data_dir / name).read_bytes()
     assert answers(new, "k1", "k2") == {"k1": "first answer", "k2": "second answer"}
     assert not list(new.data_dir.rglob("*.archiving"))
     again = archive.restore(new, store)  # restoring twice changes nothing
-    assert (again.folders, again.answers, again.skipped) == (0, 0, 4)
+    assert (again.folders, again.answers, again.skipped) == (0, 0, 6)
 
 
 def test_saving_again_mirrors_changed_folders_and_adds_only_the_new_answers(tmp_path):
@@ -111,7 +115,7 @@ def test_a_restore_never_mixes_an_archived_folder_into_a_local_one(tmp_path):
 
     assert sorted(p.name for p in (new.data_dir / RUN).iterdir()) == ["_manifest.json"]
     assert (new.data_dir / RUN / "_manifest.json").read_text() == '{"inputs": "another run"}'
-    assert (restored.folders, restored.skipped) == (3, 1)
+    assert (restored.folders, restored.skipped) == (5, 1)
     assert answers(new, "k1") == {"k1": "local answer"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,3 +61,25 @@ def test_views_without_vectors_are_not_applicable_rather_than_errors():
     assert 0 <= result["item"]["auc"] <= 1
     nothing = no_users.set_column(no_users.schema.get_field_index("item_knowledge_vector"), "item_knowledge_vector", none)
     assert [probe(nothing)[view] for view in ("user", "item", "both")] == [None, None, None]
+
+
+def test_a_run_whose_training_set_is_not_here_is_shown_from_the_result_kept_for_its_stamp(tmp_path):
+    sets, reports, artifacts = tmp_path / "training", tmp_path / "reports", tmp_path / "artifacts"
+    sets.mkdir()
+    path = sets / "iterative.parquet"
+    pq.write_table(training_set(1000, seed=2).replace_schema_metadata({TRAINING_SET_STAMP: b"one"}), path)
+    computed = write_probe(sets, reports, "ml-100k").read_text()
+    path.unlink()  # a fresh machine: the training runs and the probe's results came back from the archive, not the set
+
+    def trained_on(stamp: str) -> None:
+        run = artifacts / "din-iterative-attention-seed1"
+        run.mkdir(parents=True, exist_ok=True)
+        config = {"feature_service": "iterative", "knowledge_run": {"name": "iterative"}, "training_set_fingerprint": stamp}
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "metrics.json").write_text("{}")
+
+    assert write_probe(sets, reports, "ml-100k") is None  # no set here, no runs to vouch for the kept result
+    trained_on("one")
+    assert write_probe(sets, reports, "ml-100k", artifacts).read_text() == computed
+    trained_on("two")  # the rows were trained on another set: the kept result is not theirs
+    assert write_probe(sets, reports, "ml-100k", artifacts) is None

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from r4ec import layout, study
@@ -155,17 +157,20 @@ def test_the_study_end_to_end_on_a_sample_then_continued_on_a_fresh_data_dir(tmp
     bench = page.split("### training_throughput")[1].split("## Commands")[0]  # the benchmark on the study's data, as it printed it
     assert "| dcn | none | 1 |" in bench and "`python benchmarks/training_throughput.py`" in page
 
-    made = sorted((first_dir / "knowledge" / "ml-100k" / "single-sample2").glob("*_knowledge/*.parquet"))
+    made = sorted((first_dir / "knowledge" / "ml-100k" / "single-sample2").glob("*_knowledge*/*.parquet"))
     made += sorted((first_dir / "models" / "artifacts" / "ml-100k").glob("*/*.json"))
-    assert len(made) >= 2 + 2 * 3  # user and item parts; two training runs' config, metrics and vocabulary
+    assert len(made) >= 2 * 2 + 2 * 3  # user and item parts and vectors; two training runs' config, metrics, vocabulary
     second = run_all("--data-dir", str(fresh_dir), *args)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "archive: restored 6 folders" in second.stdout  # user and item knowledge, two training runs, journal, benchmark
-    for path in made:  # nothing generated or trained again: what the first run made, as it made it
+    # user and item knowledge and vectors, two training runs, journal, probe results, benchmark
+    assert "archive: restored 9 folders" in second.stdout
+    for path in made:  # nothing generated, encoded or trained again: what the first run made, as it made it
         assert (fresh_dir / path.relative_to(first_dir)).read_bytes() == path.read_bytes(), path
     again = out.read_text()
     assert rows_of(again, "## Knowledge runs: what they hold and what they cost", "| single-sample2 |") == costs
     assert rows_of(again, "## Table 2", "| DCN |") == rows_of(page, "## Table 2", "| DCN |")
+    assert not (fresh_dir / "training").exists()  # no training set here: the probe's row is the one kept for its stamp
+    assert rows_of(again, "## What the knowledge holds on its own", "| single-sample2 |") == probe
     assert "16 commands" in again and again.split("### training_throughput")[1].split("## Commands")[0] == bench  # measured once
 
 
@@ -213,3 +218,30 @@ def test_the_journal_names_code_changes_not_the_studys_own_outputs(tmp_path):
     assert not study.commit(tmp_path).endswith("+changes")
     (tmp_path / "r4ec.py").write_text("other code\n")
     assert study.commit(tmp_path).endswith("+changes")
+
+
+def knowledge_part(folder: Path, llm_calls: int, seconds: float) -> None:
+    """A knowledge part of two entities, each answered by one reply: generated now, or read from the answer cache."""
+    row = {"strategy": "single", "judgements": [], "rounds_used": 0, "parse_failures": [], "quality": "parsed",
+           "kept_answers": [], "replies": [{"step": "reason", "reply": "<preference>x</preference>"}],
+           "tokens_in": 300, "tokens_out": 60, "llm_calls": llm_calls, "generated_tokens": 60 * llm_calls,
+           "prompt_tokens_computed": 300 * llm_calls, "replies_cut": 0, "part": 0, "part_seconds": seconds,
+           "generated_at": "2026-12-07T00:00:00+00:00"}  # fmt: skip
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row, row]), folder / "part-00000.parquet")
+
+
+def test_the_cost_of_a_run_rebuilt_from_cached_answers_is_its_replies_not_a_time_it_did_not_take(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    for entity, calls, seconds in (("user", 1, 20.0), ("item", 0, 0.02)):  # item: every answer from the cache
+        knowledge_part(layout.knowledge_dir(settings, entity, layout.KnowledgeRun.named("single")), calls, seconds)
+
+    lines = study.knowledge_costs(settings, Study(knowledge=("single",)))
+
+    user, item = (line.split(" | ") for line in lines if line.startswith("| single |"))
+    columns = [c.strip(" |") for c in lines[2].split(" | ")]
+    cell = lambda row, name: row[columns.index(name)]  # noqa: E731
+    assert cell(user, "LLM replies (generated now)") == "2 (2)" and cell(item, "LLM replies (generated now)") == "2 (0)"
+    assert cell(user, "tokens out (generated now)") == "120 (120)" and cell(item, "tokens out (generated now)") == "120 (0)"
+    assert cell(user, "part-seconds") == "20" and cell(item, "part-seconds") == ""  # a part's time, once; not 0: it took none
+    assert user[-1] == "1,000, 60,000, 10,000 |" and item[-1] == "1,000, 60,000, n/a |"

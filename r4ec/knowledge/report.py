@@ -43,6 +43,7 @@ def summarize(rows: list[dict]) -> dict[str, object]:
         "kept_per_entity": sum(len(r["kept_answers"]) for r in rows) / len(rows) if strategy == "filter" else None,
         "tokens_in": sum(r["tokens_in"] for r in rows),
         "tokens_out": sum(r["tokens_out"] for r in rows),
+        "replies": sum(len(r.get("replies") or []) for r in rows),  # behind the knowledge, generated now or cached
         "llm_calls": sum(r["llm_calls"] for r in rows),
         "generated_tokens": generated,
         "prompt_tokens_computed": sum(r.get("prompt_tokens_computed") or 0 for r in rows),  # the rest: prefix cache

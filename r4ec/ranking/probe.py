@@ -4,7 +4,9 @@ Fitted on the train split of the run's point-in-time training set (the one its C
 the test split, on three views: the user's vector, the item's, and both (the two vectors and their element-wise
 product, which lets a linear model score how well a user's vector matches an item's). A sample without a vector as of
 its time gets zeros and a flag of its own. AUC 0.5 is knowledge that says nothing about clicks; Table 2's LR on ids is
-the yardstick for the rest. Results are kept per training set stamp, so a report recomputes only what changed.
+the yardstick for the rest. Results are kept per training set stamp, so a report recomputes only what changed, and a
+run whose training set is not here (a study continued on a fresh machine) is shown from the result kept for the stamp
+its Table 2 rows were trained on.
 """
 
 from __future__ import annotations
@@ -87,15 +89,24 @@ def probe(table: pa.Table) -> dict:
     return result
 
 
+def kept_result(cache_dir: Path, service: str, stamp: str | None) -> dict | None:
+    """The probe result kept for the service's training set with this stamp, by this version of the probe; else None."""
+    cached = cache_dir / f"{service}.json"
+    if stamp is None or not cached.is_file():
+        return None
+    found = json.loads(cached.read_text())
+    return found["result"] if found.get("key") == {"stamp": stamp, "version": PROBE_VERSION} else None
+
+
 def probe_training_set(path: Path, cache_dir: Path) -> dict:
     """`probe` of the training set at `path`, reused from `cache_dir` while the set's stamp and the probe's version
     are the ones it was computed from."""
     import pyarrow.parquet as pq
 
     key = {"stamp": training_set_stamp(path), "version": PROBE_VERSION}
+    if (found := kept_result(cache_dir, path.stem, key["stamp"])) is not None:
+        return found
     cached = cache_dir / f"{path.stem}.json"
-    if cached.is_file() and (found := json.loads(cached.read_text())).get("key") == key:
-        return found["result"]
     result = probe(pq.read_table(path))
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"key": key, "result": result}, indent=2))

@@ -314,7 +314,7 @@ def write_report(
     if ctr_samples is not None and ctr_samples.is_file():
         tail_path = out_dir / "long_tail.md"
         tail_path.write_text(long_tail(artifacts, ctr_samples, dataset) + "\n")
-    probe_path = write_probe(training_dir, out_dir, dataset) if training_dir is not None else None
+    probe_path = write_probe(training_dir, out_dir, dataset, artifacts) if training_dir is not None else None
     ablations_path = out_dir / "ablations.md"
     ablations_path.unlink(missing_ok=True)
     if compared := ablations(rows):
@@ -322,21 +322,39 @@ def write_report(
     return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path, probe_path)
 
 
-def write_probe(training_dir: Path, out_dir: Path, dataset: str) -> Path | None:
-    """knowledge_probe.md for every training set that carries knowledge vectors; None when none does."""
+def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path | None = None) -> Path | None:
+    """knowledge_probe.md for every training set here that carries knowledge vectors, and for every knowledge run
+    under `artifacts` trained on a set that is not here whose result is kept for that set's stamp; None when none is."""
     import pyarrow.parquet as pq
 
+    from r4ec.ranking.probe import kept_result, probe_training_set
     from r4ec.ranking.probe import markdown as probe_markdown
-    from r4ec.ranking.probe import probe_training_set
 
-    sets = [p for p in sorted(training_dir.glob("*.parquet")) if "user_knowledge_vector" in pq.read_schema(p).names]
-    if not sets:
+    cache = out_dir / layout.PROBE_RESULTS
+    sets = sorted(training_dir.glob("*.parquet")) if training_dir.is_dir() else []
+    found = {p.stem: probe_training_set(p, cache) for p in sets if "user_knowledge_vector" in pq.read_schema(p).names}
+    for service, stamps in trained_sets(artifacts).items():
+        if service not in found and not (training_dir / f"{service}.parquet").is_file():
+            kept = [r for r in (kept_result(cache, service, stamp) for stamp in sorted(stamps)) if r is not None]
+            if kept:
+                found[service] = kept[0]
+    if not found:
         return None
-    names = {path: KnowledgeRun.parse(path.stem) for path in sets}  # the service's run, named as its folder
-    results = {(names[p].folder if names[p] else p.stem): probe_training_set(p, out_dir / "probe") for p in sets}
+    names = {service: KnowledgeRun.parse(service) for service in found}  # the service's run, named as its folder
+    results = {(names[s].folder if names[s] else s): found[s] for s in sorted(found)}
     path = out_dir / "knowledge_probe.md"
     path.write_text(probe_markdown(results, dataset) + "\n")
     return path
+
+
+def trained_sets(artifacts: Path | None) -> dict[str, set[str]]:
+    """Feature service -> the stamps of the training sets its finished runs with knowledge were trained on."""
+    stamps: dict[str, set[str]] = {}
+    for metrics_file in sorted(artifacts.glob("*/metrics.json")) if artifacts else []:
+        config = json.loads((metrics_file.parent / "config.json").read_text())
+        if config.get("knowledge_run") and config.get("training_set_fingerprint"):
+            stamps.setdefault(config["feature_service"], set()).add(config["training_set_fingerprint"])
+    return stamps
 
 
 def write_dataset_report(settings: Settings, out_dir: Path | None = None) -> Report:

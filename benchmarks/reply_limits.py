@@ -12,6 +12,13 @@ length), how many still run at the room and how many of those are loops (a sente
 would cost and what it would buy. `--dry` asks the same with llama.cpp's DRY sampler, which penalizes repeats: does
 it end the loops, and how far does it move the answers? Needs the study's (or `r4ec knowledge generate --strategy
 iterative --full`'s) run in data/; refuses a run made with other LLM settings, prompts or inputs than the current ones.
+
+`--recorded` asks nothing: on every reply the run recorded, each step's (reason, reflect, refine), counted in the
+model's own tokens (llama-server's /tokenize), it shows what a loop stop would do, a stop that ends a reply as soon
+as it counts as a loop by the same test (checked every 8 tokens): how many replies it would end, at the limit and
+below it, the generated tokens it would save, and the share of replies the limit would still cut. The reply up to
+the stop is a prefix of the one recorded, so this needs no generation; what it cannot show is how the later steps
+would answer a stopped reply.
 """
 
 from __future__ import annotations
@@ -67,6 +74,39 @@ def is_loop(text: str) -> bool:
     words = text.lower().split()
     spans = Counter(tuple(words[i : i + 8]) for i in range(len(words) - 7))
     return bool(spans) and max(spans.values()) >= 4
+
+
+def loop_onset(pieces: list[str], every: int = 8) -> int | None:
+    """The tokens generated when the reply first counts as a loop, checked every `every` tokens; None if it never does."""
+    for n in range(every, len(pieces) + every, every):
+        if is_loop("".join(pieces[:n])):
+            return min(n, len(pieces))
+    return None
+
+
+def tokenized(url: str, text: str) -> list[str]:
+    """The reply as the model's own tokens, through the server's /tokenize (a piece that is not whole UTF-8 on its
+    own counts as a token with no text)."""
+    import httpx
+
+    found = httpx.post(f"{url.removesuffix('/v1')}/tokenize", json={"content": text, "with_pieces": True}, timeout=60)
+    found.raise_for_status()
+    return [t["piece"] if isinstance(t["piece"], str) else "" for t in found.json()["tokens"]]
+
+
+def recorded(step: str, limit: int, replies: list[list[str]]) -> None:
+    """What a loop stop would have done to one step's recorded replies (each as its tokens)."""
+    n, tokens = len(replies), sum(map(len, replies))
+    at_limit = [r for r in replies if len(r) >= limit]
+    onsets = [loop_onset(r) for r in replies]
+    stopped = [(r, at) for r, at in zip(replies, onsets) if at is not None and at < len(r)]
+    ended_at_limit = sum(len(r) >= limit for r, _ in stopped)
+    saved = sum(len(r) - at for r, at in stopped)
+    print(f"{step}: {n} replies, {tokens:,} tokens; {len(at_limit)} reach the limit of {limit} ({len(at_limit) / max(n, 1):.1%}), "
+          f"holding {sum(map(len, at_limit)) / max(tokens, 1):.0%} of the tokens; a loop stop would end {ended_at_limit} "
+          f"of those and {len(stopped) - ended_at_limit} below the limit, saving {saved:,} tokens "
+          f"({saved / max(tokens, 1):.1%}); the limit would still cut {len(at_limit) - ended_at_limit} "
+          f"({(len(at_limit) - ended_at_limit) / max(n, 1):.1%})")  # fmt: skip
 
 
 def check_run(settings: Settings, entity: str, run_dir: Path, inputs: dict[str, dict]) -> dict:
@@ -128,6 +168,8 @@ def main() -> None:
                         "multiplier (e.g. 0.8; default 0: off, as the job runs)")  # fmt: skip
     parser.add_argument("--dry-length", type=int, default=8, help="DRY: repeated spans up to this many tokens go "
                         "unpenalized (default 8: a title or a rating line may be quoted)")  # fmt: skip
+    parser.add_argument("--recorded", action="store_true", help="ask nothing: what a loop stop would do to every reply "
+                        "the run recorded (--entities, --room and --dry do not apply)")  # fmt: skip
     args = parser.parse_args()
     settings = Settings(knowledge={"strategy": "iterative"})
     run_dir = layout.knowledge_dir(settings, args.entity)
@@ -135,6 +177,9 @@ def main() -> None:
     inputs = read_inputs(layout.prompt_inputs_path(settings, args.entity), args.entity)
     limit = check_run(settings, args.entity, run_dir, inputs)["max_new_tokens"]
     records = read_knowledge(run_dir)
+    if args.recorded:
+        loop_stop(settings, run_dir, limit, records)
+        return
     ids = set(select_entities(sorted(r[key] for r in records), args.entities, settings.seed))
     chosen = [r for r in records if r[key] in ids]
     asked = questions(settings, args.entity, chosen, inputs)
@@ -149,6 +194,18 @@ def main() -> None:
             config = replace(configs[step], max_new_tokens=args.room)
             generations = backend.generate([Request.chat(chat) for chat, _ in pairs], config)
             report(step, limit, args.room, generations, [old for _, old in pairs])
+
+
+def loop_stop(settings: Settings, run_dir: Path, limit: int, records: list[dict]) -> None:
+    steps: dict[str, list[str]] = {}
+    for record in records:
+        for reply in record["replies"]:
+            steps.setdefault(reply["step"].split("-")[0], []).append(reply["reply"])  # reflect-1 and a retry: reflect
+    with tempfile.TemporaryDirectory() as scratch, llamacpp.serving(settings, Path(scratch)) as engines:
+        print(f"{run_dir}: {len(records)} entities, limit {limit}, the replies it recorded, tokenized by "
+              f"{engines['actor']['model']}")  # fmt: skip
+        for step, texts in steps.items():
+            recorded(step, limit, [tokenized(engines["actor"]["url"], text) for text in texts])
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ would cost and what it would buy. `--dry` asks the same with llama.cpp's DRY sam
 it end the loops, and how far does it move the answers? Needs the study's (or `r4ec knowledge generate --strategy
 iterative --full`'s) run in data/; refuses a run made with other LLM settings, prompts or inputs than the current ones.
 
-`--recorded` asks nothing: on every reply the run recorded, each step's (reason, reflect, refine), counted in the
-model's own tokens (llama-server's /tokenize), it shows what a loop stop would do, a stop that ends a reply as soon
-as it counts as a loop by the same test (checked every 8 tokens): how many replies it would end, at the limit and
-below it, the generated tokens it would save, and the share of replies the limit would still cut. The reply up to
+`--recorded` asks nothing: on every reply the run recorded, each step's (reason, reflect, refine), with the tokens
+the engine generated for it (the answer cache's count) and its text in the model's own tokens (llama-server's
+/tokenize), it shows what a loop stop would do, a stop that ends a reply as soon as it counts as a loop by the same
+test (checked every 8 tokens): how many replies it would end, at the limit and below it, the generated tokens it
+would save, and the share of replies the limit would still cut. The reply up to
 the stop is a prefix of the one recorded, so this needs no generation; what it cannot show is how the later steps
 would answer a stopped reply.
 """
@@ -36,6 +37,7 @@ from r4ec import fingerprint, layout
 from r4ec.config import Settings
 from r4ec.knowledge import llamacpp, prompts
 from r4ec.knowledge.backends import GenerationConfig, LlamaCppBackend, Request, build_backend
+from r4ec.knowledge.cache import AnswerCache
 from r4ec.knowledge.job import LLM_ENTRIES, loop_config, manifest, read_inputs, select_entities
 from r4ec.knowledge.loop import GENERIC_FEEDBACK
 from r4ec.knowledge.report import read_knowledge
@@ -94,19 +96,28 @@ def tokenized(url: str, text: str) -> list[str]:
     return [t["piece"] if isinstance(t["piece"], str) else "" for t in found.json()["tokens"]]
 
 
-def recorded(step: str, limit: int, replies: list[list[str]]) -> None:
-    """What a loop stop would have done to one step's recorded replies (each as its tokens)."""
-    n, tokens = len(replies), sum(map(len, replies))
-    at_limit = [r for r in replies if len(r) >= limit]
-    onsets = [loop_onset(r) for r in replies]
-    stopped = [(r, at) for r, at in zip(replies, onsets) if at is not None and at < len(r)]
-    ended_at_limit = sum(len(r) >= limit for r, _ in stopped)
-    saved = sum(len(r) - at for r, at in stopped)
+def recorded(step: str, limit: int, replies: list[tuple[list[str], int]]) -> None:
+    """What a loop stop would have done to one step's recorded replies, each as (its text's tokens, the tokens the
+    engine generated for it): stopped at the first loop, a reply generates what it had by then."""
+    n, tokens = len(replies), sum(out for _, out in replies)
+    at_limit = [out for _, out in replies if out >= limit]
+    stopped = [(out, at) for pieces, out in replies if (at := loop_onset(pieces)) is not None and at < out]
+    ended_at_limit = sum(out >= limit for out, _ in stopped)
+    saved = sum(out - at for out, at in stopped)
     print(f"{step}: {n} replies, {tokens:,} tokens; {len(at_limit)} reach the limit of {limit} ({len(at_limit) / max(n, 1):.1%}), "
-          f"holding {sum(map(len, at_limit)) / max(tokens, 1):.0%} of the tokens; a loop stop would end {ended_at_limit} "
+          f"holding {sum(at_limit) / max(tokens, 1):.0%} of the tokens; a loop stop would end {ended_at_limit} "
           f"of those and {len(stopped) - ended_at_limit} below the limit, saving {saved:,} tokens "
           f"({saved / max(tokens, 1):.1%}); the limit would still cut {len(at_limit) - ended_at_limit} "
           f"({(len(at_limit) - ended_at_limit) / max(n, 1):.1%})")  # fmt: skip
+
+
+def generated_tokens(settings: Settings) -> dict[str, int]:
+    """Each cached reply's text -> the tokens the engine generated for it (the run's own count, limit included)."""
+    cache = AnswerCache(settings.answer_cache_path)
+    try:
+        return {text: out for _, text, _, out in cache.store.items()}
+    finally:
+        cache.store.close()
 
 
 def check_run(settings: Settings, entity: str, run_dir: Path, inputs: dict[str, dict]) -> dict:
@@ -178,7 +189,7 @@ def main() -> None:
     limit = check_run(settings, args.entity, run_dir, inputs)["max_new_tokens"]
     records = read_knowledge(run_dir)
     if args.recorded:
-        loop_stop(settings, run_dir, limit, records)
+        loop_stop(settings, args.entity, run_dir, limit, records)
         return
     ids = set(select_entities(sorted(r[key] for r in records), args.entities, settings.seed))
     chosen = [r for r in records if r[key] in ids]
@@ -196,16 +207,28 @@ def main() -> None:
             report(step, limit, args.room, generations, [old for _, old in pairs])
 
 
-def loop_stop(settings: Settings, run_dir: Path, limit: int, records: list[dict]) -> None:
+def loop_stop(settings: Settings, entity: str, run_dir: Path, limit: int, records: list[dict]) -> None:
+    """Each step's recorded replies, tokenized without the opening tag the engine was given (prefill), with the
+    tokens the engine counted for each from the answer cache; a strict retry counts with its step."""
+    cfg = loop_config(settings, entity)
+    prefills = {step: config.prefix or "" for step, config in
+                (("reason", cfg.reason_generation()), ("reflect", cfg.reflect_generation()), ("refine", cfg.refine_generation()))}  # fmt: skip
+    counted = generated_tokens(settings)
     steps: dict[str, list[str]] = {}
     for record in records:
         for reply in record["replies"]:
-            steps.setdefault(reply["step"].split("-")[0], []).append(reply["reply"])  # reflect-1 and a retry: reflect
+            steps.setdefault(re.sub(r"-\d+| \(strict\)", "", reply["step"]), []).append(reply["reply"])
+    missing = sum(text not in counted for texts in steps.values() for text in texts)
     with tempfile.TemporaryDirectory() as scratch, llamacpp.serving(settings, Path(scratch)) as engines:
         print(f"{run_dir}: {len(records)} entities, limit {limit}, the replies it recorded, tokenized by "
-              f"{engines['actor']['model']}")  # fmt: skip
+              f"{engines['actor']['model']} (actor) and {engines['reflector']['model']} (reflector)")  # fmt: skip
         for step, texts in steps.items():
-            recorded(step, limit, [tokenized(engines["actor"]["url"], text) for text in texts])
+            url = engines["reflector" if step == "reflect" else "actor"]["url"]
+            pieces = [tokenized(url, text.removeprefix(prefills[step])) for text in texts]
+            recorded(step, limit, [(p, counted.get(text, len(p))) for p, text in zip(pieces, texts)])
+        if missing:
+            print(f"{missing} replies not in the answer cache ({settings.answer_cache_path}): their tokens are their "
+                  "text's, tokenized again")  # fmt: skip
 
 
 if __name__ == "__main__":

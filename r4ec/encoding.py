@@ -45,6 +45,16 @@ def vectors_stamp(knowledge_part: Path, encoder: str) -> str:
     return fingerprint.of_json({"knowledge": fingerprint.of_file(knowledge_part), "encoder": encoder})
 
 
+def stale_vectors(vectors: Path, knowledge: Path, encoder: str) -> list[str]:
+    """The parts that keep `vectors` from being the knowledge's own under `encoder`: a knowledge part without a vectors
+    part stamped from its content and that encoder, and a vectors part whose knowledge part is gone. A folder
+    restored or copied beside knowledge made again since shows here, whatever its `_COMPLETE.json` says."""
+    parts = {p.name: p for p in knowledge.glob("part-*.parquet")}
+    stale = [name for name, part in sorted(parts.items())
+             if fingerprint.read_stamp(vectors / name, STAMP) != vectors_stamp(part, encoder)]  # fmt: skip
+    return stale + sorted(p.name for p in vectors.glob("part-*.parquet") if p.name not in parts)
+
+
 _WORKER_ENCODERS: dict[str, TextEncoder] = {}
 
 

@@ -256,7 +256,7 @@ def vector_cache_path(settings: Settings) -> Path:
 
 
 STUDY_JOURNAL = "study-journal.jsonl"  # every command the study ran, in the reports folder
-PROBE_RESULTS = "probe"  # in a reports folder: each training set's probe result, by its stamp (r4ec.ranking.probe)
+PROBE_RESULTS = "probe"  # in a reports folder: <service>/result.json, its training set's probe by stamp (r4ec.ranking.probe)
 
 
 def study_journal_path(settings: Settings) -> Path:
@@ -299,7 +299,8 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
         # the metrics and test predictions, and it publishes nothing; a run to serve is trained again in minutes
         Kept(at(settings.artifacts_dir, "*"), ("config.json", "metrics.json", PREDICTIONS, "vocab.json"), "metrics.json"),
         Kept(at(settings.reports_dir), (STUDY_JOURNAL,)),
-        # the probe's results, which the report reads for runs whose training set is not here (kept by their stamp)
-        Kept(at(settings.reports_dir, PROBE_RESULTS), ("*.json",)),
+        # the probe's results, which the report reads for runs whose training set is not here (kept by their stamp);
+        # a folder per service, so one made here never hides another's archived result
+        Kept(at(settings.reports_dir, PROBE_RESULTS, "*"), ("result.json",)),
         Kept(at(benchmarks_dir(settings)), ("*.md",)),
     )

@@ -361,7 +361,8 @@ def knowledge_costs(settings: Settings, study: Study) -> list[str]:
             n, per = s["entities"], 1000 / s["entities"]
             rate = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else ""
             verdicts = " / ".join(f"{v:,}" for v in s["reasonable_per_round"][0]) if s["reasonable_per_round"] else ""
-            timed = s["llm_calls"] > 0  # parts rebuilt from cached answers took no LLM time: theirs is not their cost
+            # parts rebuilt from cached answers took no LLM time: theirs is not their cost (text asks no LLM: it is)
+            timed = s["llm_calls"] > 0 or s["replies"] == 0
             seconds, per_seconds = (f"{s['generation_seconds']:,.0f}", f"{s['generation_seconds'] * per:,.0f}") if timed else ("", "n/a")
             lines.append(
                 f"| {run.folder} | {entity} | {n:,} | {s['quality'].get('parsed', 0):,} | {s['quality'].get('fallback', 0):,} | "

@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import mark_complete, vectors_schema
+from r4ec.encoding import STAMP, mark_complete, vectors_schema, vectors_stamp
 from r4ec.layout import KnowledgeRun
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
@@ -90,18 +90,21 @@ def write_amazon(folder: Path, n_users: int = 120, n_items: int = 40, seed: int 
 
 def write_vectors(settings: Settings, entity: str, knowledge: str, part: int, rows: list[tuple], limit: int | None = None) -> None:
     """(entity id, event_timestamp, fill value) -> a vectors part whose vector is all `fill`, in the knowledge run
-    `knowledge` (`single`, `iterative-tuned`) marked as complete (its manifest and `_COMPLETE.json` name a test model and encoder): Feast registers it."""
+    `knowledge` (`single`, `iterative-tuned`) marked as complete (its manifest and `_COMPLETE.json` name a test model and
+    encoder), beside the knowledge part it is stamped from: Feast registers it."""
     run = KnowledgeRun.named(knowledge, limit if limit is not None else settings.knowledge.limit)
+    knowledge_dir = layout.knowledge_dir(settings, entity, run)
+    source = knowledge_dir / layout.part_name(part)
+    write_parquet(pa.table({f"{entity}_id": [i for i, _, _ in rows]}), source)  # what the vectors are stamped from
     table = pa.Table.from_pylist(
         [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "quality": "parsed", "texts": 1,
           "encoder": "test"} for i, t, fill in rows],
-        schema=vectors_schema(entity),
+        schema=vectors_schema(entity).with_metadata({STAMP: vectors_stamp(source, "test").encode()}),
     )  # fmt: skip
     target = layout.vectors_dir(settings, entity, run)
     write_parquet(table, target / layout.part_name(part))
     manifest = {"strategy": run.strategy, "limit": run.limit, "model": "test-model", "prompt_version": "test-prompts"}
-    layout.knowledge_dir(settings, entity, run).mkdir(parents=True, exist_ok=True)
-    (layout.knowledge_dir(settings, entity, run) / layout.MANIFEST).write_text(json.dumps(manifest))
+    (knowledge_dir / layout.MANIFEST).write_text(json.dumps(manifest))
     mark_complete(target, entity, "test")
 
 

@@ -31,7 +31,7 @@ def data_dir(root: Path) -> Settings:
         ADAPTER / "adapter/adapter_model.safetensors": "lora", ADAPTER / "checkpoint/state.pt": "resume state",
         Path("reports/ml-100k/study-journal.jsonl"): '{"command": "r4ec data load"}\n',
         Path("reports/ml-100k/table2.md"): "rewritten by r4ec report",
-        Path("reports/ml-100k/probe/iterative.json"): '{"key": {}, "result": {}}',
+        Path("reports/ml-100k/probe/iterative/result.json"): '{"key": {}, "result": {}}',
     }  # fmt: skip
     for path, text in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def test_a_fresh_data_dir_gets_back_the_finished_outputs_and_the_answers(tmp_pat
             str(TRAINED / "config.json"), str(TRAINED / "predictions.parquet"), str(TRAINED / "metrics.json"),
             str(ADAPTER / "training.json"), str(ADAPTER / "adapter/adapter_config.json"),
             str(ADAPTER / "adapter/adapter_model.safetensors"), "reports/ml-100k/study-journal.jsonl",
-            str(VECTORS / "part-00000.parquet"), str(VECTORS / "_COMPLETE.json"), "reports/ml-100k/probe/iterative.json"}  # fmt: skip
+            str(VECTORS / "part-00000.parquet"), str(VECTORS / "_COMPLETE.json"), "reports/ml-100k/probe/iterative/result.json"}  # fmt: skip
     assert {str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and "cache" not in p.parts} == kept
     assert (saved.folders, saved.files, saved.answers) == (6, 13, 2)
 
@@ -132,3 +132,18 @@ def test_a_copy_cut_short_is_never_restored_and_the_next_save_removes_it(tmp_pat
     moved = archive.save(settings, store)
     assert not cut.exists() and moved.removed == 1
     assert (store / TRAINED / "predictions.parquet").read_text() == "test predictions"
+
+
+def test_a_probe_result_made_here_never_hides_another_runs_archived_one(tmp_path):
+    old, store = data_dir(tmp_path / "old"), tmp_path / "archive"
+    archive.save(old, store)
+    new = Settings(data_dir=tmp_path / "new")
+    made_here = new.data_dir / "reports/ml-100k/probe/text/result.json"  # a report ran here before the restore
+    made_here.parent.mkdir(parents=True)
+    made_here.write_text('{"key": {}, "result": {}}')
+
+    archive.restore(new, store)
+    archive.save(new, store)
+
+    assert (new.data_dir / "reports/ml-100k/probe/iterative/result.json").is_file()
+    assert {p.parent.name for p in (store / "reports/ml-100k/probe").glob("*/result.json")} == {"iterative", "text"}

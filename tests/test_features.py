@@ -8,6 +8,8 @@ from datetime import timedelta
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from r4ec.config import Settings
@@ -182,6 +184,13 @@ def test_the_registry_holds_exactly_the_runs_on_disk_and_samples_keep_their_name
     with pytest.raises(store.FeaturesError, match="not those `r4ec knowledge encode` completed"):
         store.write_training_set(settings, "iterative")
     complete.write_text(marker)
+    # complete vectors beside knowledge made again since (an archive restored over a regenerated run): refused too
+    part = settings.knowledge_dir / "iterative" / "user_knowledge" / "part-00000.parquet"
+    encoded = part.read_bytes()
+    pq.write_table(pa.table({"user_id": ["someone else"]}), part)
+    with pytest.raises(store.FeaturesError, match="1 parts are not the vectors of the knowledge at .*part-00000.parquet"):
+        store.write_training_set(settings, "iterative")
+    part.write_bytes(encoded)
     # a run whose user and item halves were made by different models is served under no name
     manifest = settings.knowledge_dir / "iterative-sample3" / "item_knowledge" / "_manifest.json"
     manifest.write_text(manifest.read_text().replace("test-model", "other-model"))

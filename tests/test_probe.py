@@ -41,7 +41,7 @@ def test_results_are_kept_per_training_set_and_redone_when_it_changes(tmp_path):
     pq.write_table(training_set(1000, seed=2).replace_schema_metadata({TRAINING_SET_STAMP: b"one"}), path)
     pq.write_table(pa.table({"split": ["train"], "label": [1]}), sets / "base.parquet")  # no knowledge: not probed
     first = probe_training_set(path, reports)
-    cached = reports / "iterative.json"
+    cached = reports / "iterative" / "result.json"
     before = cached.stat().st_mtime_ns
     assert probe_training_set(path, reports) == first and cached.stat().st_mtime_ns == before
     pq.write_table(training_set(1000, seed=3).replace_schema_metadata({TRAINING_SET_STAMP: b"two"}), path)

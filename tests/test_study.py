@@ -220,11 +220,13 @@ def test_the_journal_names_code_changes_not_the_studys_own_outputs(tmp_path):
     assert study.commit(tmp_path).endswith("+changes")
 
 
-def knowledge_part(folder: Path, llm_calls: int, seconds: float) -> None:
-    """A knowledge part of two entities, each answered by one reply: generated now, or read from the answer cache."""
+def knowledge_part(folder: Path, llm_calls: int, seconds: float, replies: bool = True) -> None:
+    """A knowledge part of two entities, each answered by one reply (generated now, or read from the answer cache),
+    or by none (`text`: the prompt inputs as they are)."""
+    said = [{"step": "reason", "reply": "<preference>x</preference>"}] if replies else []
     row = {"strategy": "single", "judgements": [], "rounds_used": 0, "parse_failures": [], "quality": "parsed",
-           "kept_answers": [], "replies": [{"step": "reason", "reply": "<preference>x</preference>"}],
-           "tokens_in": 300, "tokens_out": 60, "llm_calls": llm_calls, "generated_tokens": 60 * llm_calls,
+           "kept_answers": [], "replies": said, "tokens_in": 300 * replies, "tokens_out": 60 * replies,
+           "llm_calls": llm_calls, "generated_tokens": 60 * llm_calls,
            "prompt_tokens_computed": 300 * llm_calls, "replies_cut": 0, "part": 0, "part_seconds": seconds,
            "generated_at": "2026-12-07T00:00:00+00:00"}  # fmt: skip
     folder.mkdir(parents=True)
@@ -235,13 +237,16 @@ def test_the_cost_of_a_run_rebuilt_from_cached_answers_is_its_replies_not_a_time
     settings = Settings(data_dir=tmp_path)
     for entity, calls, seconds in (("user", 1, 20.0), ("item", 0, 0.02)):  # item: every answer from the cache
         knowledge_part(layout.knowledge_dir(settings, entity, layout.KnowledgeRun.named("single")), calls, seconds)
+    knowledge_part(layout.knowledge_dir(settings, "user", layout.KnowledgeRun.named("text")), 0, 3.0, replies=False)
 
-    lines = study.knowledge_costs(settings, Study(knowledge=("single",)))
+    lines = study.knowledge_costs(settings, Study(knowledge=("single", "text")))
 
     user, item = (line.split(" | ") for line in lines if line.startswith("| single |"))
+    text = next(line.split(" | ") for line in lines if line.startswith("| text |"))
     columns = [c.strip(" |") for c in lines[2].split(" | ")]
     cell = lambda row, name: row[columns.index(name)]  # noqa: E731
     assert cell(user, "LLM replies (generated now)") == "2 (2)" and cell(item, "LLM replies (generated now)") == "2 (0)"
     assert cell(user, "tokens out (generated now)") == "120 (120)" and cell(item, "tokens out (generated now)") == "120 (0)"
     assert cell(user, "part-seconds") == "20" and cell(item, "part-seconds") == ""  # a part's time, once; not 0: it took none
     assert user[-1] == "1,000, 60,000, 10,000 |" and item[-1] == "1,000, 60,000, n/a |"
+    assert cell(text, "part-seconds") == "3" and text[-1] == "0, 0, 1,500 |"  # no LLM at all: its own time is its cost

@@ -169,16 +169,21 @@ def service_sources(settings: Settings, service: str) -> list[Path]:
 def _complete_files(settings: Settings, view) -> list[Path]:
     """A knowledge view's vector parts, exactly as `knowledge encode` finished them: a run being regenerated or
     re-encoded (no `_COMPLETE.json`, or parts that differ from it) is not read under the run's name."""
-    from r4ec.layout import COMPLETE, KnowledgeRun, vectors_dir
+    from r4ec.encoding import stale_vectors
+    from r4ec.layout import COMPLETE, KnowledgeRun, knowledge_dir, vectors_dir
 
-    entity = view.name.split("_", 1)[0]
-    target = vectors_dir(settings, entity, KnowledgeRun.parse(view.tags["knowledge_run"]))
+    entity, run = view.name.split("_", 1)[0], KnowledgeRun.parse(view.tags["knowledge_run"])
+    target, knowledge = vectors_dir(settings, entity, run), knowledge_dir(settings, entity, run)
     files = source_files(view)
     marker = target / COMPLETE
-    recorded = json.loads(marker.read_text())["parts"] if marker.is_file() else None
-    if recorded != {p.name: fingerprint.of_file(p) for p in files}:
+    complete = json.loads(marker.read_text()) if marker.is_file() else {}
+    if complete.get("parts") != {p.name: fingerprint.of_file(p) for p in files}:
         raise FeaturesError(f"{target}: the vectors are not those `r4ec knowledge encode` completed (being "
                             "regenerated or re-encoded?): finish `r4ec knowledge encode`, then `r4ec features apply`")  # fmt: skip
+    if stale := stale_vectors(target, knowledge, complete["encoder"]):
+        raise FeaturesError(f"{target}: {len(stale)} parts are not the vectors of the knowledge at {knowledge} (first "
+                            f"{stale[0]}; knowledge made again since they were encoded?): run `r4ec knowledge encode`, "
+                            "then `r4ec features apply`")  # fmt: skip
     return files
 
 

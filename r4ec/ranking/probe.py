@@ -89,9 +89,14 @@ def probe(table: pa.Table) -> dict:
     return result
 
 
+def result_path(cache_dir: Path, service: str) -> Path:
+    """A folder per service: the archive keeps and restores each on its own (r4ec.archive)."""
+    return cache_dir / service / "result.json"
+
+
 def kept_result(cache_dir: Path, service: str, stamp: str | None) -> dict | None:
     """The probe result kept for the service's training set with this stamp, by this version of the probe; else None."""
-    cached = cache_dir / f"{service}.json"
+    cached = result_path(cache_dir, service)
     if stamp is None or not cached.is_file():
         return None
     found = json.loads(cached.read_text())
@@ -106,9 +111,9 @@ def probe_training_set(path: Path, cache_dir: Path) -> dict:
     key = {"stamp": training_set_stamp(path), "version": PROBE_VERSION}
     if (found := kept_result(cache_dir, path.stem, key["stamp"])) is not None:
         return found
-    cached = cache_dir / f"{path.stem}.json"
+    cached = result_path(cache_dir, path.stem)
     result = probe(pq.read_table(path))
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"key": key, "result": result}, indent=2))
     return result
 

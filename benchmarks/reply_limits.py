@@ -17,9 +17,8 @@ iterative --full`'s) run in data/; refuses a run made with other LLM settings, p
 the engine generated for it (the answer cache's count) and its text in the model's own tokens (llama-server's
 /tokenize), it shows what a loop stop would do, a stop that ends a reply as soon as it counts as a loop by the same
 test (checked every 8 tokens): how many replies it would end, at the limit and below it, the generated tokens it
-would save, and the share of replies the limit would still cut. The reply up to
-the stop is a prefix of the one recorded, so this needs no generation; what it cannot show is how the later steps
-would answer a stopped reply.
+would save, and the share of replies the limit would still cut. The reply up to the stop is a prefix of the one
+recorded, so this needs no generation; what it cannot show is how the later steps would answer a stopped reply.
 """
 
 from __future__ import annotations

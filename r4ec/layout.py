@@ -289,7 +289,7 @@ def kept(settings: Settings) -> tuple[Kept, ...]:
 
     return (
         Kept(at(settings.knowledge_dir, "*", "*_knowledge"), (MANIFEST, REFRESH_MANIFESTS, "part-*.parquet")),
-        # each part stamped with its knowledge part's hash and the encoder's: the encode step checks what it restores
+        # each part stamped with its knowledge part's hash and the encoder's: encode and Feast check what is restored
         Kept(at(settings.knowledge_dir, "*", "*_knowledge_vectors*"), (COMPLETE, "part-*.parquet"), COMPLETE),
         Kept(at(construction_dir(settings)), (MANIFEST, "part-*.parquet")),
         Kept(at(sft_dir(settings)), ("*.jsonl", "card.json"), "card.json"),

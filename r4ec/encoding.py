@@ -143,20 +143,19 @@ def encode_knowledge(settings, entity: str) -> EncodeSummary:
     target = layout.vectors_dir(settings, entity)
     target.mkdir(parents=True, exist_ok=True)
     (target / layout.COMPLETE).unlink(missing_ok=True)
-    names = {p.name for p in parts}
-    for orphan in [p for p in target.glob("part-*.parquet") if p.name not in names]:
-        log.warning("%s: removing vectors of a knowledge part that no longer exists", orphan)
-        orphan.unlink()
+    stale = set(stale_vectors(target, layout.knowledge_dir(settings, entity), identity))
+    for orphan in sorted(stale - {p.name for p in parts}):
+        log.warning("%s: removing vectors of a knowledge part that no longer exists", target / orphan)
+        (target / orphan).unlink()
     for leftover in target.glob("*.partial"):
         leftover.unlink()
-    stamps = {p: vectors_stamp(p, identity) for p in parts}
-    todo = [p for p in parts if fingerprint.read_stamp(target / p.name, STAMP) != stamps[p]]
+    todo = [p for p in parts if p.name in stale]
     started, encoded = time.perf_counter(), 0
     if todo:
         spark = spark_session(k.spark_master, f"r4ec-encode-{entity}-knowledge")
         common = {"entity": entity, "encoder": k.encoder, "batch_size": k.encoder_batch_size,
                   "cache": str(layout.vector_cache_path(settings))}  # fmt: skip
-        specs = [{**common, "source": str(p), "target": str(target / p.name), "stamp": stamps[p]} for p in todo]
+        specs = [{**common, "source": str(p), "target": str(target / p.name), "stamp": vectors_stamp(p, identity)} for p in todo]
         rows_in = {p: pq.read_metadata(p).num_rows for p in parts}
         outputs = {target / p.name: rows_in[p] for p in todo}
         encoded = sum(r["encoded"] for r in run_parts(spark, encode_part, specs, outputs, sum(rows_in.values()), target.name))

@@ -289,7 +289,7 @@ def results_page(study: Study, settings: Settings, the_plan: Plan, journal: list
     table = settings.reports_dir / "table2.md"
     if table.is_file():
         lines += ["", table.read_text().strip().replace("### ", "## ", 1), "", "![Table 2](table2.png)"]
-    for also in ("ablations.md", "long_tail.md", "knowledge_probe.md"):
+    for also in ("ordering.md", "ablations.md", "long_tail.md", "knowledge_probe.md"):
         if (settings.reports_dir / also).is_file():
             lines += ["", (settings.reports_dir / also).read_text().strip()]
     lines += tuning_section(settings)

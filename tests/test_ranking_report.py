@@ -78,10 +78,9 @@ def write_predictions(run, users: list[str], items: list[str], labels: list[int]
     pq.write_table(table, run / "predictions.parquet")
 
 
-def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
-    marts, artifacts = tmp_path / "marts", tmp_path / "artifacts"
-    marts.mkdir(), artifacts.mkdir()
-    # items i1 (1 training sample), i2 (3), i3 (9); 8 test samples each for i1 and i2, 24 for i3: i1 is the 20 % tail
+def write_ctr_samples(marts) -> tuple[list[tuple[str, str]], list[int]]:
+    """Items i1 (1 training sample), i2 (3), i3 (9); 8 test samples each for i1 and i2, 24 for i3: i1 is the 20 %
+    tail. Returns the test samples' (user, item) and their labels."""
     samples = {"user_id": [], "item_id": [], "split": []}
     for item, train, test in (("i1", 1, 8), ("i2", 3, 8), ("i3", 9, 24)):
         for n in range(train + test):
@@ -89,9 +88,15 @@ def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
             samples["user_id"].append(f"u{k // 2 % 4}"), samples["item_id"].append(item)
             samples["split"].append("train" if n < train else "test")
     pq.write_table(pa.table(samples), marts / "ctr_samples.parquet")
-    rng = random.Random(0)
     tests = [(u, i) for u, i, s in zip(samples["user_id"], samples["item_id"], samples["split"]) if s == "test"]
-    labels = [n % 2 for n in range(len(tests))]
+    return tests, [n % 2 for n in range(len(tests))]
+
+
+def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
+    marts, artifacts = tmp_path / "marts", tmp_path / "artifacts"
+    marts.mkdir(), artifacts.mkdir()
+    tests, labels = write_ctr_samples(marts)
+    rng = random.Random(0)
     for seed in (1, 2):
         scores = [rng.random() for _ in tests]
         write_run(artifacts, "din", "none", seed, 0.7, 0.6)
@@ -109,6 +114,7 @@ def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
     din = next(r for r in collect(artifacts, lambda d: slice_metrics(d, long_tails(marts / "ctr_samples.parquet")[0])))
     assert din.seeds == [1, 2] and din.auc[0] == pytest.approx(expected)
     assert f"| DIN | Base | 2 | {din.spread('auc')} |" in items_table and "| LR |" not in items_table
+    assert not (tmp_path / "out" / "ordering.md").exists()  # Base only: no ordering to read
 
 
 def test_a_run_is_labelled_by_its_model_or_as_having_none():
@@ -154,3 +160,45 @@ def test_each_ablation_is_read_against_iterative_backbone_by_backbone(tmp_path):
     assert t == pytest.approx(sigmas * 3**0.5)
     assert "With 3 seeds, ±2σ is a paired t of 3.46 on 2 degrees of freedom (two-sided p = 0.07): among 2 backbones " \
            "at least one gap that large arises by chance with probability 14%" in text[7]  # 1 - (1 - 0.0742)^2
+
+
+def test_the_papers_ordering_is_read_per_table_with_each_step_against_its_seed_spread(tmp_path):
+    from r4ec.ranking.report import ordering
+
+    # DIN in order with steady steps; DCN with single under Base; DEEPFM lacks iterative and is not counted
+    for seed, jitter in enumerate((0.0, 0.002, -0.001), 1):
+        for knowledge, din, dcn in (("none", 0.70, 0.75), ("single", 0.72, 0.74), ("iterative", 0.75, 0.76)):
+            write_run(tmp_path, "din", knowledge, seed, din + jitter, 0.5)
+            write_run(tmp_path, "dcn", knowledge, seed, dcn + (jitter if knowledge == "none" else -jitter), 0.5)
+        write_run(tmp_path, "deepfm", "none", seed, 0.7, 0.5)
+        write_run(tmp_path, "deepfm", "single", seed, 0.8, 0.5)
+    rows = collect(tmp_path)
+    text = ordering([("all", rows), ("long-tail items", [r for r in rows if r.backbone == "din"])]).splitlines()
+    assert text[0] == "### The paper's ordering: Base < single (KAR/R2ec) < iterative (R4ec)"
+    # single - Base: DIN +0.02 at every seed (no spread: +inf σ, ahead); DCN -0.01 - 2·jitter (behind, beyond 2σ)
+    dcn = [-0.01 - 2 * j for j in (0.0, 0.002, -0.001)]
+    assert statistics.fmean(dcn) / statistics.stdev(dcn) < -2
+    single_base = statistics.fmean([0.02, statistics.fmean(dcn)])
+    iterative_single = statistics.fmean([0.03, 0.02])  # DCN's step from single to iterative is +0.02 at every seed
+    iterative_base = statistics.fmean([0.05, statistics.fmean(d + 0.02 for d in dcn)])
+    assert text[4] == (f"| all | 1 of 2 (DIN) | {single_base:+.4f} · 1 / 1 | {iterative_single:+.4f} · 2 / 0 | "
+                       f"{iterative_base:+.4f} · 2 / 0 |")  # fmt: skip
+    assert text[5] == "| long-tail items | 1 of 1 (DIN) | +0.0200 · 1 / 0 | +0.0300 · 1 / 0 | +0.0500 · 1 / 0 |"
+    assert "among 2 backbones at least one gap that large arises by chance" in text[7]
+    assert ordering([("all", [r for r in rows if r.knowledge != "iterative"])]) == ""
+
+
+def test_the_report_reads_the_ordering_on_all_test_samples_and_on_each_long_tail(tmp_path):
+    marts, artifacts = tmp_path / "marts", tmp_path / "artifacts"
+    marts.mkdir(), artifacts.mkdir()
+    tests, labels = write_ctr_samples(marts)
+    rng = random.Random(1)
+    for knowledge in ("none", "single", "iterative"):
+        for seed in (1, 2):
+            write_run(artifacts, "din", knowledge, seed, 0.7, 0.6)
+            scores = [rng.random() for _ in tests]
+            write_predictions(artifacts / f"din-{knowledge}-mlp-seed{seed}", [u for u, _ in tests], [i for _, i in tests], labels, scores)
+    write_report(artifacts, tmp_path / "out", "toy", marts / "ctr_samples.parquet")
+    lines = (tmp_path / "out" / "ordering.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines[4:7]] == ["| all", "| long-tail items", "| long-tail users"]
+    assert lines[4].startswith("| all | 0 of 1 | +0.0000 · 0 / 0 |")  # the saved metrics: every AUC 0.7

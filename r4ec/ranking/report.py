@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,17 @@ def sigmas_text(sigmas: float | None) -> str:
     return f"{'+' if sigmas > 0 else '-'}inf σ" if math.isinf(sigmas) else f"{sigmas:+.1f}σ"
 
 
+def full_runs(rows: list[Row]) -> list[Row]:
+    """The rows the paper's comparisons read: knowledge for every entity (no sample), the MLP connector."""
+    return [r for r in rows if r.limit is None and r.connector == "mlp"]
+
+
+def beyond_two_sigma(sigmas: Iterable[float | None]) -> tuple[int, int]:
+    """(ahead, behind): how many gaps exceed twice their seed spread, each way."""
+    sigmas = [s for s in sigmas if s is not None]
+    return sum(s > 2 for s in sigmas), sum(s < -2 for s in sigmas)
+
+
 REFERENCE = "iterative"  # the paper's run, which each ablation changes in one respect
 ABLATIONS = (("text", "no LLM: the prompt's facts encoded as they are"), ("single", "Fig. 6: no reflect / refine round"),
              ("iterative-r2", "Fig. 6: two rounds"), ("filter", "Fig. 5: k answers judged and filtered, not refined"),
@@ -137,7 +148,7 @@ def ablations(rows: list[Row]) -> str:
     """Each variant of the paper's run against it, backbone by backbone (full runs, MLP connector): the mean test AUC
     gap and that gap over its seed spread, so each of the paper's figures reads off one line. Empty when no variant
     and reference share a backbone."""
-    full = [r for r in rows if r.limit is None and r.connector == "mlp"]
+    full = full_runs(rows)
     reference = {r.backbone: r for r in full if r.knowledge == REFERENCE}
     named = {r.knowledge: KnowledgeRun.named(r.knowledge) for r in full if r.knowledge != "none"}
     encoders = sorted(k for k, run in named.items() if run.encoder and run.encoded_by(None).name == REFERENCE)
@@ -151,8 +162,7 @@ def ablations(rows: list[Row]) -> str:
         gaps = {b: found[b].mean("auc") - reference[b].mean("auc") for b in found}
         sigmas = {b: gap_sigmas(found[b], reference[b]) for b in found}
         cells = [f"{gaps[b]:+.4f} {sigmas_text(sigmas[b])}".strip() if b in found else "" for b in backbones]
-        ahead = sum(s is not None and s > 2 for s in sigmas.values())
-        behind = sum(s is not None and s < -2 for s in sigmas.values())
+        ahead, behind = beyond_two_sigma(sigmas.values())
         lines.append(f"| {LABELS[KnowledgeRun.named(knowledge).strategy]} · {knowledge} | {what} | " + " | ".join(cells)
                      + f" | {statistics.fmean(gaps.values()):+.4f} | {ahead} / {behind} of {len(found)} |")  # fmt: skip
     if not lines:
@@ -181,7 +191,7 @@ def ordering(tables: list[tuple[str, list[Row]]]) -> str:
     it exceeds twice its seed spread, either way. Full runs, MLP connector; empty when no table has all three."""
     lines, seeds, most = [], 0, 0
     for name, rows in tables:
-        full = {(r.backbone, r.knowledge): r for r in rows if r.limit is None and r.connector == "mlp"}
+        full = {(r.backbone, r.knowledge): r for r in full_runs(rows)}
         backbones = [b for b in BACKBONES if all((b, k) in full for k in ORDERING)]
         if not backbones:
             continue
@@ -194,8 +204,7 @@ def ordering(tables: list[tuple[str, list[Row]]]) -> str:
             rows_of = [(full[b, ORDERING[upper]], full[b, ORDERING[lower]]) for b in backbones]
             sigmas = [gap_sigmas(row, base) for row, base in rows_of]
             mean_gap = statistics.fmean(row.mean("auc") - base.mean("auc") for row, base in rows_of)
-            ahead = sum(s is not None and s > 2 for s in sigmas)
-            behind = sum(s is not None and s < -2 for s in sigmas)
+            ahead, behind = beyond_two_sigma(sigmas)
             cells.append(f"{mean_gap:+.4f} · {ahead} / {behind}")
         held = f" ({', '.join(NAMES.get(b, b) for b in holds)})" if holds else ""
         lines.append(f"| {name} | {len(holds)} of {len(backbones)}{held} | " + " | ".join(cells) + " |")
@@ -357,15 +366,15 @@ def write_report(
     markdown_path, plot_path = out_dir / "table2.md", out_dir / "table2.png"
     markdown_path.write_text(text + "\n")
     plot(rows, plot_path, f"{dataset}: test AUC, mean ± std over seeds")
-    tail_path, tails = None, []
+    runs, tail_path, tails = sum(len(r.seeds) for r in rows), None, []
     if ctr_samples is not None and ctr_samples.is_file():
         tails = long_tail_rows(artifacts, ctr_samples)
         tail_path = out_dir / "long_tail.md"
-        tail_path.write_text(long_tail(tails, sum(len(r.seeds) for r in rows), dataset) + "\n")
+        tail_path.write_text(long_tail(tails, runs, dataset) + "\n")
     _write_if(out_dir / "ordering.md", ordering([("all", rows), *((c.name, r) for c, r in tails)]))
     probe_path = write_probe(training_dir, out_dir, dataset, artifacts) if training_dir is not None else None
     _write_if(out_dir / "ablations.md", ablations(rows))
-    return Report(text, markdown_path, plot_path, below_floor(rows), sum(len(r.seeds) for r in rows), tail_path, probe_path)
+    return Report(text, markdown_path, plot_path, below_floor(rows), runs, tail_path, probe_path)
 
 
 def _write_if(path: Path, text: str) -> None:

@@ -336,46 +336,68 @@ def tuning_provenance(settings: Settings) -> list[str]:
         record = layout.adapter_dir(settings, role) / "training.json"
         if record.is_file():
             t = json.loads(record.read_text())
-            lines.append(f"- {role}: LoRA on {t['examples']:,} examples, {len(t['epochs'])} epochs, valid loss "
-                         f"{t['epochs'][-1]['valid_loss']:.4f}, {t['seconds']:,.0f} s ({t['tokens_per_second']:,.0f} tokens/s)")  # fmt: skip
+            held = t.get("valid")  # records written before the count was kept have none
+            on = f" on the {held:,} held out" if held is not None else ""
+            lines.append(f"- {role}: LoRA on {t['examples'] - (held or 0):,} examples, {len(t['epochs'])} epochs, valid "
+                         f"loss {t['epochs'][-1]['valid_loss']:.4f}{on}, {t['seconds']:,.0f} s "
+                         f"({t['tokens_per_second']:,.0f} tokens/s)")  # fmt: skip
     return lines
 
 
 def knowledge_costs(settings: Settings, study: Study) -> list[str]:
-    """What each knowledge run cost and how much of it parsed: per entity, and per 1,000 entities."""
+    """What each knowledge run cost and how much of it parsed: per entity, and this run's own work per 1,000
+    entities. A run still being generated says how far it is; one not started yet says so."""
     lines = [
         "## Knowledge runs: what they hold and what they cost",
         "",
         "| run | entity | entities | parsed | fallback | first reflection: reasonable / judged / no verdict | "
         "LLM replies (generated now) | prompt tokens (computed) | tokens out (generated now) | replies cut | "
-        "part-seconds | generated tokens/s | per 1,000 entities: replies, tokens out, part-seconds |",
+        "part-seconds | generated tokens per part-second | per 1,000 entities, generated now: replies, tokens, "
+        "part-seconds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = dict.fromkeys(layout.KnowledgeRun.named(name, study.limit).encoded_by(None) for name in study.knowledge)
     for run in runs:  # a run by another encoder holds the same knowledge
         for entity in layout.ENTITIES:
+            folder = layout.knowledge_dir(settings, entity, run)
+            done, planned = parts_done(folder)
             try:
-                s = summarize(read_knowledge(layout.knowledge_dir(settings, entity, run)))
+                s = summarize(read_knowledge(folder))
             except KnowledgeError:
+                lines.append("| " + " | ".join([run.folder, entity, f"none yet ({done} of {planned or '?'} parts)", *[""] * 10]) + " |")
                 continue
-            n, per = s["entities"], 1000 / s["entities"]
-            rate = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else ""
-            verdicts = " / ".join(f"{v:,}" for v in s["reasonable_per_round"][0]) if s["reasonable_per_round"] else ""
-            # parts rebuilt from cached answers took no LLM time: theirs is not their cost (text asks no LLM: it is)
-            timed = s["llm_calls"] > 0 or s["replies"] == 0
-            seconds, per_seconds = (f"{s['generation_seconds']:,.0f}", f"{s['generation_seconds'] * per:,.0f}") if timed else ("", "n/a")
-            lines.append(
-                f"| {run.folder} | {entity} | {n:,} | {s['quality'].get('parsed', 0):,} | {s['quality'].get('fallback', 0):,} | "
-                f"{verdicts} | {s['replies']:,} ({s['llm_calls']:,}) | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | "
-                f"{s['tokens_out']:,} ({s['generated_tokens']:,}) | {s['replies_cut']:,} | {seconds} | {rate} | "
-                f"{s['replies'] * per:,.0f}, {s['tokens_out'] * per:,.0f}, {per_seconds} |"
-            )  # fmt: skip
+            entities = f"{s['entities']:,}" + (f" ({done} of {planned} parts so far)" if planned and done < planned else "")
+            lines.append(f"| {run.folder} | {entity} | {entities} | " + cost_cells(s) + " |")
     return lines + ["", "Replies and tokens out: all those behind the knowledge; in brackets, those this run generated. The "
-                        "rest came from the answer cache (answers an earlier run made with the same prompts and models): "
-                        "their time is not in this row, and replies cut counts only the generated ones. part-seconds: each "
-                        f"knowledge part's own time, summed; Spark runs up to {os.cpu_count()} parts at once here "
-                        "(local[*]), which share one llama.cpp server, so the wall time is shorter. Tokens/s: tokens "
-                        "generated over part-seconds."]  # fmt: skip
+                        "rest came from the answer cache (answers an earlier run made with the same prompts and models, "
+                        "e.g. iterative's reasons are single's): their time is not in this row, replies cut counts only "
+                        "the generated ones, and the per-1,000 figures are this run's own work on top of them (n/a: "
+                        "every answer came from the cache). part-seconds: each knowledge part's own time, summed; "
+                        "Spark runs as many parts at once as the generating machine has cores (local[*]), and they "
+                        "share one llama.cpp server, so the wall time is shorter and a part's tokens per second is a "
+                        "share of the server's."]  # fmt: skip
+
+
+def parts_done(folder: Path) -> tuple[int, int | None]:
+    """(parts written, parts the run plans: None without its manifest)."""
+    manifest = folder / layout.MANIFEST
+    planned = json.loads(manifest.read_text()).get("parts") if manifest.is_file() else None
+    return len(list(folder.glob("part-*.parquet"))), planned
+
+
+def cost_cells(s: dict) -> str:
+    """A knowledge run's summary (r4ec/knowledge/report.py) as the cost table's cells after its entity count."""
+    per = 1000 / s["entities"]
+    rate = f"{s['tokens_per_second']:.1f}" if s["tokens_per_second"] else ""
+    verdicts = " / ".join(f"{v:,}" for v in s["reasonable_per_round"][0]) if s["reasonable_per_round"] else ""
+    # parts rebuilt from cached answers took no LLM time: theirs is not their cost (text asks no LLM: it is)
+    timed = s["llm_calls"] > 0 or s["replies"] == 0
+    seconds = f"{s['generation_seconds']:,.0f}" if timed else ""
+    own = (f"{s['llm_calls'] * per:,.0f}, {s['generated_tokens'] * per:,.0f}, {s['generation_seconds'] * per:,.0f}"
+           if timed else "n/a")  # fmt: skip
+    return (f"{s['quality'].get('parsed', 0):,} | {s['quality'].get('fallback', 0):,} | {verdicts} | "
+            f"{s['replies']:,} ({s['llm_calls']:,}) | {s['tokens_in']:,} ({s['prompt_tokens_computed']:,}) | "
+            f"{s['tokens_out']:,} ({s['generated_tokens']:,}) | {s['replies_cut']:,} | {seconds} | {rate} | {own}")
 
 
 def benchmarks_section(settings: Settings, study: Study) -> list[str]:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from r4ec.ranking import RankingError
 from r4ec.ranking.report import below_floor, collect, markdown, write_report
 from r4ec.ranking.slices import long_tails, slice_metrics, tail
 
@@ -53,6 +54,9 @@ def test_rows_are_grouped_ordered_and_compared_with_their_own_base(tmp_path):
     assert table[7] == (f"|  | single (KAR/R2ec) | 2 | {single.spread('auc')} | {gain_auc:+.2%} | {single.spread('logloss')} | "
                         f"{gain_ll:+.2%} | {ratio:+.1f}σ |")
     assert table[8].endswith("|  |")  # one seed: no spread to measure a gap against
+    # the chance of a 2σ gap is counted over the gaps the table shows: only single's has two seeds to measure
+    assert "With 2 seeds, ±2σ is a paired t of 2.83 on 1 degrees of freedom (two-sided p = 0.22): of the 1 gap in this " \
+           "table, about 0.2 lie beyond" in table[-1]
     assert below_floor(rows) == []
 
 
@@ -79,14 +83,17 @@ def write_predictions(run, users: list[str], items: list[str], labels: list[int]
 
 
 def write_ctr_samples(marts) -> tuple[list[tuple[str, str]], list[int]]:
-    """Items i1 (1 training sample), i2 (3), i3 (9); 8 test samples each for i1 and i2, 24 for i3: i1 is the 20 %
-    tail. Returns the test samples' (user, item) and their labels."""
-    samples = {"user_id": [], "item_id": [], "split": []}
-    for item, train, test in (("i1", 1, 8), ("i2", 3, 8), ("i3", 9, 24)):
-        for n in range(train + test):
+    """Items i1 (2 training-period samples, both train), i2 (3: 1 train + 2 valid), i3 (9); 8 test samples each for
+    i1 and i2, 24 for i3: i1 is the 20 % tail (counting train alone, i2 would be). Test samples are numbered as
+    `write_predictions` numbers them. Returns the test samples' (user, item) and their labels."""
+    samples = {"sample_id": [], "user_id": [], "item_id": [], "split": []}
+    for item, train, valid, test in (("i1", 2, 0, 8), ("i2", 1, 2, 8), ("i3", 9, 0, 24)):
+        for n in range(train + valid + test):
             k = len(samples["split"])  # a user's samples come in pairs, so each user's test labels hold both classes
-            samples["user_id"].append(f"u{k // 2 % 4}"), samples["item_id"].append(item)
-            samples["split"].append("train" if n < train else "test")
+            split = "train" if n < train else "valid" if n < train + valid else "test"
+            tests_so_far = samples["split"].count("test")
+            samples["sample_id"].append(str(tests_so_far) if split == "test" else f"fit{k}")
+            samples["user_id"].append(f"u{k // 2 % 4}"), samples["item_id"].append(item), samples["split"].append(split)
     pq.write_table(pa.table(samples), marts / "ctr_samples.parquet")
     tests = [(u, i) for u, i, s in zip(samples["user_id"], samples["item_id"], samples["split"]) if s == "test"]
     return tests, [n % 2 for n in range(len(tests))]
@@ -109,12 +116,34 @@ def test_table_2_on_the_long_tail_comes_from_the_saved_predictions(tmp_path):
     report = write_report(artifacts, tmp_path / "out", "toy", marts / "ctr_samples.parquet")
     text = report.long_tail_path.read_text()
     assert "long-tail items: the 1 items with the fewest training-period samples that together receive 20% of the test samples (8)" in text
-    assert "2 of 3 finished runs (runs that saved no test predictions are left out)" in text
+    assert "2 of 3 finished runs (runs that saved no test predictions, or whose slice holds one class only, are left out)" in text
     items_table = text.split("### ")[1]
     din = next(r for r in collect(artifacts, lambda d: slice_metrics(d, long_tails(marts / "ctr_samples.parquet")[0])))
     assert din.seeds == [1, 2] and din.auc[0] == pytest.approx(expected)
     assert f"| DIN | Base | 2 | {din.spread('auc')} |" in items_table and "| LR |" not in items_table
     assert not (tmp_path / "out" / "ordering.md").exists()  # Base only: no ordering to read
+
+
+def test_predictions_for_other_test_samples_than_the_marts_hold_now_are_refused(tmp_path):
+    marts, artifacts = tmp_path / "marts", tmp_path / "artifacts"
+    marts.mkdir(), artifacts.mkdir()
+    tests, labels = write_ctr_samples(marts)
+    write_run(artifacts, "din", "none", 1, 0.7, 0.6)
+    write_predictions(artifacts / "din-none-mlp-seed1", [u for u, _ in tests[1:]], [i for _, i in tests[1:]], labels[1:],
+                      [0.5] * (len(tests) - 1))  # one test sample short: trained on marts built before a change
+    with pytest.raises(RankingError, match="din-none-mlp-seed1: its test predictions are for other samples"):
+        write_report(artifacts, tmp_path / "out", "toy", marts / "ctr_samples.parquet")
+
+
+def test_a_report_leaves_no_long_tail_or_probe_file_from_an_earlier_one(tmp_path):
+    artifacts, out = tmp_path / "artifacts", tmp_path / "out"
+    artifacts.mkdir(), out.mkdir()
+    write_run(artifacts, "din", "none", 1, 0.7, 0.6)
+    for stale in ("long_tail.md", "knowledge_probe.md"):
+        (out / stale).write_text("from an earlier report\n")
+    report = write_report(artifacts, out, "toy", tmp_path / "no-marts.parquet", tmp_path / "no-training-sets")
+    assert report.long_tail_path is None and report.probe_path is None
+    assert not (out / "long_tail.md").exists() and not (out / "knowledge_probe.md").exists()
 
 
 def test_a_run_is_labelled_by_its_model_or_as_having_none():
@@ -158,8 +187,8 @@ def test_each_ablation_is_read_against_iterative_backbone_by_backbone(tmp_path):
 
     t, p = ttest_rel([0.78, 0.785, 0.772], [0.80, 0.81, 0.79])
     assert t == pytest.approx(sigmas * 3**0.5)
-    assert "With 3 seeds, ±2σ is a paired t of 3.46 on 2 degrees of freedom (two-sided p = 0.07): among 2 backbones " \
-           "at least one gap that large arises by chance with probability 14%" in text[7]  # 1 - (1 - 0.0742)^2
+    assert "With 3 seeds, ±2σ is a paired t of 3.46 on 2 degrees of freedom (two-sided p = 0.07): of the 2 gaps in a " \
+           "row, about 0.1 lie beyond ±2σ by chance alone and at least one does with probability 14%" in text[7]  # 1 - (1 - 0.0742)^2
 
 
 def test_the_papers_ordering_is_read_per_table_with_each_step_against_its_seed_spread(tmp_path):
@@ -184,7 +213,7 @@ def test_the_papers_ordering_is_read_per_table_with_each_step_against_its_seed_s
     assert text[4] == (f"| all | 1 of 2 (DIN) | {single_base:+.4f} · 1 / 1 | {iterative_single:+.4f} · 2 / 0 | "
                        f"{iterative_base:+.4f} · 2 / 0 |")  # fmt: skip
     assert text[5] == "| long-tail items | 1 of 1 (DIN) | +0.0200 · 1 / 0 | +0.0300 · 1 / 0 | +0.0500 · 1 / 0 |"
-    assert "among 2 backbones at least one gap that large arises by chance" in text[7]
+    assert "of the 2 gaps behind a cell, about 0.1 lie beyond ±2σ by chance alone" in text[7]
     assert ordering([("all", [r for r in rows if r.knowledge != "iterative"])]) == ""
 
 

@@ -184,7 +184,7 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
     (layout.sft_dir(settings) / "card.json").write_text(json.dumps(card))
     for role, n in (("actor", 81), ("reflector", 98)):
         layout.adapter_dir(settings, role).mkdir(parents=True)
-        record = {"examples": n, "epochs": [{"valid_loss": 1.9}, {"valid_loss": 1.5}], "seconds": 1234.5, "tokens_per_second": 210.0}
+        record = {"examples": n, "valid": 4, "epochs": [{"valid_loss": 1.9}, {"valid_loss": 1.5}], "seconds": 1234.5, "tokens_per_second": 210.0}
         (layout.adapter_dir(settings, role) / "training.json").write_text(json.dumps(record))
     layout.evaluation_dir(settings, "user").mkdir(parents=True)
     (layout.evaluation_dir(settings, "user") / "evaluation.md").write_text("| arm | (a) actor accuracy |\n| base | 0.570 |\n")
@@ -193,8 +193,8 @@ def test_the_page_shows_the_tuned_pair_once_it_is_evaluated(tmp_path):
 
     section = page.split("## The actor and the reflector on held-out users")[1].split("\n## ")[0]
     assert "240 constructions, teacher accuracy 0.613, AUC of its P(yes) for a like 0.495; kept reason 61, reflect 98, refine 20; dropped short 12, wrong_and_unfixed 80." in section
-    assert "- actor: LoRA on 81 examples, 2 epochs, valid loss 1.5000, 1,234 s (210 tokens/s)" in section
-    assert "- reflector: LoRA on 98 examples" in section and "| base | 0.570 |" in section
+    assert "- actor: LoRA on 77 examples, 2 epochs, valid loss 1.5000 on the 4 held out, 1,234 s (210 tokens/s)" in section
+    assert "- reflector: LoRA on 94 examples" in section and "| base | 0.570 |" in section
     larger = layout.evaluation_dir(settings, "user", "qwen2.5-coder-0.5b-instruct")
     larger.mkdir()
     (larger / "evaluation.md").write_text("| arm | (b) verdicts |\n| reflector qwen2.5-coder-0.5b-instruct | 97.0% |\n")
@@ -238,15 +238,19 @@ def test_the_cost_of_a_run_rebuilt_from_cached_answers_is_its_replies_not_a_time
     for entity, calls, seconds in (("user", 1, 20.0), ("item", 0, 0.02)):  # item: every answer from the cache
         knowledge_part(layout.knowledge_dir(settings, entity, layout.KnowledgeRun.named("single")), calls, seconds)
     knowledge_part(layout.knowledge_dir(settings, "user", layout.KnowledgeRun.named("text")), 0, 3.0, replies=False)
+    single_items = layout.knowledge_dir(settings, "item", layout.KnowledgeRun.named("single"))
+    (single_items / layout.MANIFEST).write_text(json.dumps({"parts": 3}))  # still being generated: 1 part of 3
 
     lines = study.knowledge_costs(settings, Study(knowledge=("single", "text")))
 
     user, item = (line.split(" | ") for line in lines if line.startswith("| single |"))
-    text = next(line.split(" | ") for line in lines if line.startswith("| text |"))
+    text, text_items = (line.split(" | ") for line in lines if line.startswith("| text |"))
+    assert user[2] == "2" and item[2] == "2 (1 of 3 parts so far)"
+    assert text_items[2] == "none yet (0 of ? parts)" and len(text_items) == len(user)
     columns = [c.strip(" |") for c in lines[2].split(" | ")]
     cell = lambda row, name: row[columns.index(name)]  # noqa: E731
     assert cell(user, "LLM replies (generated now)") == "2 (2)" and cell(item, "LLM replies (generated now)") == "2 (0)"
     assert cell(user, "tokens out (generated now)") == "120 (120)" and cell(item, "tokens out (generated now)") == "120 (0)"
     assert cell(user, "part-seconds") == "20" and cell(item, "part-seconds") == ""  # a part's time, once; not 0: it took none
-    assert user[-1] == "1,000, 60,000, 10,000 |" and item[-1] == "1,000, 60,000, n/a |"
+    assert user[-1] == "1,000, 60,000, 10,000 |" and item[-1] == "n/a |"
     assert cell(text, "part-seconds") == "3" and text[-1] == "0, 0, 1,500 |"  # no LLM at all: its own time is its cost

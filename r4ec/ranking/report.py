@@ -107,18 +107,20 @@ def gap_ratio(row: Row, base: Row) -> str:
     return sigmas_text(gap_sigmas(row, base))
 
 
-def chance_of_two_sigma(seeds: int, backbones: int) -> str:
+def chance_of_two_sigma(seeds: int, gaps: int, where: str) -> str:
     """What "beyond 2σ" means with this many seeds: the gap over the spread of n per-seed gaps, times √n, is a paired
-    t on n − 1 degrees of freedom; with 3 seeds, 2σ is t = 3.46, p = 0.07, and among 7 backbones one such gap arises by
-    chance 4 times in 10. Said on the page so that no single such gap is read as a finding."""
+    t on n − 1 degrees of freedom; with 3 seeds, 2σ is t = 3.46, p = 0.07, so of 42 gaps about 3 lie beyond it by
+    chance alone. Said on the page, counted over the gaps the reader scans together, so that no single such gap is
+    read as a finding."""
     from scipy.stats import t
 
-    if seeds < 2 or backbones < 1:
+    if seeds < 2 or gaps < 1:
         return ""
     p = 2 * t.sf(2 * math.sqrt(seeds), seeds - 1)
     return (f" With {seeds} seeds, ±2σ is a paired t of {2 * math.sqrt(seeds):.2f} on {seeds - 1} degrees of freedom "
-            f"(two-sided p = {p:.2f}): among {backbones} backbones at least one gap that large arises by chance with "
-            f"probability {1 - (1 - p) ** backbones:.0%}, with no real difference anywhere.")
+            f"(two-sided p = {p:.2f}): of the {gaps} gap{'s' * (gaps != 1)} {where}, about {gaps * p:.1f} lie beyond ±2σ by chance alone "
+            f"and at least one does with probability {1 - (1 - p) ** gaps:.0%} (as if the gaps were independent; those "
+            "sharing a Base are not quite), with no real difference anywhere.")
 
 
 def sigmas_text(sigmas: float | None) -> str:
@@ -178,7 +180,7 @@ def ablations(rows: list[Row]) -> str:
         "Test AUC of the variant minus iterative's (full runs, MLP connector), mean over seeds, and that gap over the "
         "sample standard deviation of the per-seed gaps (seeds both have; none with fewer than two). Last column: on "
         "how many backbones the variant is ahead of / behind iterative by more than twice its seed spread."
-        + chance_of_two_sigma(max((len(r.seeds) for r in reference.values()), default=0), len(backbones)),
+        + chance_of_two_sigma(max((len(r.seeds) for r in reference.values()), default=0), len(backbones), "in a row"),
     ])  # fmt: skip
 
 
@@ -221,7 +223,7 @@ def ordering(tables: list[tuple[str, list[Row]]]) -> str:
         "Each gap: the mean test AUC gap over the backbones that have all three rows (full runs, MLP connector), then "
         "on how many of them it is ahead / behind by more than twice its seed spread (the per-seed gaps' sample "
         "standard deviation). The table bears the paper out where every backbone is in order and both steps are "
-        "ahead by more than 2σ." + chance_of_two_sigma(seeds, most),
+        "ahead by more than 2σ." + chance_of_two_sigma(seeds, most, "behind a cell"),
     ])  # fmt: skip
 
 
@@ -252,7 +254,7 @@ def markdown(rows: list[Row], title: str) -> str:
         "| Backbone | Knowledge | Seeds | AUC ↑ | Rel. impr. | LogLoss ↓ | Rel. impr. | AUC gap / seed spread |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    previous = None
+    previous, gaps = None, 0
     for row in rows:
         base = base_of(rows, row)
         auc_gain = ll_gain = ratio = ""
@@ -260,6 +262,7 @@ def markdown(rows: list[Row], title: str) -> str:
             auc_gain = f"{(row.mean('auc') - base.mean('auc')) / base.mean('auc'):+.2%}"
             ll_gain = f"{(base.mean('logloss') - row.mean('logloss')) / base.mean('logloss'):+.2%}"
             ratio = gap_ratio(row, base)
+            gaps += ratio != ""
         name = NAMES.get(row.backbone, row.backbone) if row.backbone != previous else ""
         previous = row.backbone
         mark = f" [{runs[row.knowledge_run['digest']][0]}]" if row.knowledge_run else ""
@@ -269,7 +272,7 @@ def markdown(rows: list[Row], title: str) -> str:
               "Base: (AUC − AUC_base) / AUC_base and (LogLoss_base − LogLoss) / LogLoss_base. AUC gap / seed spread: "
               "the mean AUC gap to Base over the sample standard deviation of the per-seed gaps (seeds both rows "
               "have); beyond ±2 the gap exceeds twice its seed spread; empty with fewer than two shared seeds."
-              + chance_of_two_sigma(max((len(r.seeds) for r in rows), default=0), len({r.backbone for r in rows if r.knowledge != "none"}))]  # fmt: skip
+              + chance_of_two_sigma(max((len(r.seeds) for r in rows), default=0), gaps, "in this table")]  # fmt: skip
     if runs:
         lines += ["", "Knowledge runs (strategy and sample · model · prompts · content hash):", ""]
         lines += [f"- [{mark}] {label(about)}{coverage(about)}" for mark, about in runs.values()]
@@ -335,7 +338,8 @@ def long_tail(tails: list[tuple[Slice, list[Row]]], finished: int, dataset: str)
     parts = []
     for chosen, rows in tails:
         counted = sum(len(r.seeds) for r in rows)
-        note = f"{chosen.describe()}. {counted} of {finished} finished runs (runs that saved no test predictions are left out)."
+        note = (f"{chosen.describe()}. {counted} of {finished} finished runs (runs that saved no test predictions, or "
+                "whose slice holds one class only, are left out).")  # fmt: skip
         parts.append(markdown(rows, f"Table 2 on {dataset}, {chosen.name}") + "\n\n" + note)
     return "\n\n".join(parts)
 
@@ -369,19 +373,22 @@ def write_report(
     runs, tail_path, tails = sum(len(r.seeds) for r in rows), None, []
     if ctr_samples is not None and ctr_samples.is_file():
         tails = long_tail_rows(artifacts, ctr_samples)
-        tail_path = out_dir / "long_tail.md"
-        tail_path.write_text(long_tail(tails, runs, dataset) + "\n")
+    tail_path = _write_if(out_dir / "long_tail.md", long_tail(tails, runs, dataset))
     _write_if(out_dir / "ordering.md", ordering([("all", rows), *((c.name, r) for c, r in tails)]))
     probe_path = write_probe(training_dir, out_dir, dataset, artifacts) if training_dir is not None else None
+    if probe_path is None:
+        (out_dir / "knowledge_probe.md").unlink(missing_ok=True)
     _write_if(out_dir / "ablations.md", ablations(rows))
     return Report(text, markdown_path, plot_path, below_floor(rows), runs, tail_path, probe_path)
 
 
-def _write_if(path: Path, text: str) -> None:
+def _write_if(path: Path, text: str) -> Path | None:
     """The file holds `text`, or is gone when there is none (nothing left from an earlier report)."""
     path.unlink(missing_ok=True)
-    if text:
-        path.write_text(text + "\n")
+    if not text:
+        return None
+    path.write_text(text + "\n")
+    return path
 
 
 def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path | None = None) -> Path | None:

@@ -83,3 +83,8 @@ def test_a_run_whose_training_set_is_not_here_is_shown_from_the_result_kept_for_
     assert write_probe(sets, reports, "ml-100k", artifacts).read_text() == computed
     trained_on("two")  # the rows were trained on another set: the kept result is not theirs
     assert write_probe(sets, reports, "ml-100k", artifacts) is None
+    pq.write_table(training_set(1000, seed=2).replace_schema_metadata({TRAINING_SET_STAMP: b"one"}), path)
+    marked = write_probe(sets, reports, "ml-100k", artifacts).read_text()  # the set here is not the rows' one
+    assert "| iterative † | 200 |" in marked and "†: the training set probed is not the one" in marked
+    trained_on("one")
+    assert "†" not in write_probe(sets, reports, "ml-100k", artifacts).read_text()

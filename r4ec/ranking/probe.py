@@ -12,6 +12,7 @@ its Table 2 rows were trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,8 @@ def probe_training_set(path: Path, cache_dir: Path) -> dict:
     return result
 
 
-def markdown(results: dict[str, dict], dataset: str) -> str:
+def markdown(results: dict[str, dict], dataset: str, rebuilt: Collection[str] = ()) -> str:
+    """The table; a run in `rebuilt` is marked: its training set here is not the one its Table 2 rows trained on."""
     lines = [
         f"## What the knowledge holds on its own, {dataset}",
         "",
@@ -131,6 +133,9 @@ def markdown(results: dict[str, dict], dataset: str) -> str:
     for service, r in results.items():
         n = max(r["test_samples"], 1)
         aucs = " | ".join(f"{r[view]['auc']:.4f}" if r[view] else "n/a" for view in VIEWS)
-        lines.append(f"| {service} | {r['test_samples']:,} | {r['test_with_user_vector'] / n:.0%} | "
+        mark = " †" if service in rebuilt else ""
+        lines.append(f"| {service}{mark} | {r['test_samples']:,} | {r['test_with_user_vector'] / n:.0%} | "
                      f"{r['test_with_item_vector'] / n:.0%} | {aucs} |")  # fmt: skip
-    return "\n".join(lines + ["", "n/a: no train sample has that vector."])
+    note = (" †: the training set probed is not the one this run's Table 2 rows were trained on (it was built again "
+            "since): train the run again to compare them." if rebuilt else "")  # fmt: skip
+    return "\n".join(lines + ["", "n/a: no train sample has that vector." + note])

@@ -393,16 +393,20 @@ def _write_if(path: Path, text: str) -> Path | None:
 
 def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path | None = None) -> Path | None:
     """knowledge_probe.md for every training set here that carries knowledge vectors, and for every knowledge run
-    under `artifacts` trained on a set that is not here whose result is kept for that set's stamp; None when none is."""
+    under `artifacts` trained on a set that is not here whose result is kept for that set's stamp; None when none is.
+    A set here that is not the one its runs trained on (built again since) is marked as such."""
     import pyarrow.parquet as pq
 
+    from r4ec.features.store import training_set_stamp
     from r4ec.ranking.probe import kept_result, probe_training_set
     from r4ec.ranking.probe import markdown as probe_markdown
 
     cache = out_dir / layout.PROBE_RESULTS
-    sets = sorted(training_dir.glob("*.parquet")) if training_dir.is_dir() else []
-    found = {p.stem: probe_training_set(p, cache) for p in sets if "user_knowledge_vector" in pq.read_schema(p).names}
-    for service, stamps in trained_sets(artifacts).items():
+    sets = [p for p in sorted(training_dir.glob("*.parquet")) if "user_knowledge_vector" in pq.read_schema(p).names]
+    found = {p.stem: probe_training_set(p, cache) for p in sets}
+    trained = trained_sets(artifacts)
+    rebuilt = {p.stem for p in sets if p.stem in trained and training_set_stamp(p) not in trained[p.stem]}
+    for service, stamps in trained.items():
         if service not in found and not (training_dir / f"{service}.parquet").is_file():
             kept = [r for r in (kept_result(cache, service, stamp) for stamp in sorted(stamps)) if r is not None]
             if kept:
@@ -410,9 +414,10 @@ def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path
     if not found:
         return None
     names = {service: KnowledgeRun.parse(service) for service in found}  # the service's run, named as its folder
-    results = {(names[s].folder if names[s] else s): found[s] for s in sorted(found)}
+    folder = {s: names[s].folder if names[s] else s for s in found}
+    results = {folder[s]: found[s] for s in sorted(found)}
     path = out_dir / "knowledge_probe.md"
-    path.write_text(probe_markdown(results, dataset) + "\n")
+    path.write_text(probe_markdown(results, dataset, {folder[s] for s in rebuilt}) + "\n")
     return path
 
 

@@ -375,9 +375,7 @@ def write_report(
         tails = long_tail_rows(artifacts, ctr_samples)
     tail_path = _write_if(out_dir / "long_tail.md", long_tail(tails, runs, dataset))
     _write_if(out_dir / "ordering.md", ordering([("all", rows), *((c.name, r) for c, r in tails)]))
-    probe_path = write_probe(training_dir, out_dir, dataset, artifacts) if training_dir is not None else None
-    if probe_path is None:
-        (out_dir / "knowledge_probe.md").unlink(missing_ok=True)
+    probe_path = write_probe(training_dir, out_dir, dataset, artifacts)
     _write_if(out_dir / "ablations.md", ablations(rows))
     return Report(text, markdown_path, plot_path, below_floor(rows), runs, tail_path, probe_path)
 
@@ -391,10 +389,11 @@ def _write_if(path: Path, text: str) -> Path | None:
     return path
 
 
-def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path | None = None) -> Path | None:
+def write_probe(training_dir: Path | None, out_dir: Path, dataset: str, artifacts: Path | None = None) -> Path | None:
     """knowledge_probe.md for every training set here that carries knowledge vectors, and for every knowledge run
-    under `artifacts` trained on a set that is not here whose result is kept for that set's stamp; None when none is.
-    A set here that is not the one its runs trained on (built again since) is marked as such."""
+    under `artifacts` trained on a set that is not here whose result is kept for that set's stamp; None, and no file
+    left from an earlier report, when none is. A set here that is not the one its runs trained on (built again since)
+    is marked as such."""
     import pyarrow.parquet as pq
 
     from r4ec.features.store import training_set_stamp
@@ -402,23 +401,21 @@ def write_probe(training_dir: Path, out_dir: Path, dataset: str, artifacts: Path
     from r4ec.ranking.probe import markdown as probe_markdown
 
     cache = out_dir / layout.PROBE_RESULTS
-    sets = [p for p in sorted(training_dir.glob("*.parquet")) if "user_knowledge_vector" in pq.read_schema(p).names]
+    here = sorted(training_dir.glob("*.parquet")) if training_dir is not None else []
+    sets = [p for p in here if "user_knowledge_vector" in pq.read_schema(p).names]
     found = {p.stem: probe_training_set(p, cache) for p in sets}
     trained = trained_sets(artifacts)
     rebuilt = {p.stem for p in sets if p.stem in trained and training_set_stamp(p) not in trained[p.stem]}
     for service, stamps in trained.items():
-        if service not in found and not (training_dir / f"{service}.parquet").is_file():
+        if service not in found and service not in {p.stem for p in here}:
             kept = [r for r in (kept_result(cache, service, stamp) for stamp in sorted(stamps)) if r is not None]
             if kept:
                 found[service] = kept[0]
-    if not found:
-        return None
     names = {service: KnowledgeRun.parse(service) for service in found}  # the service's run, named as its folder
     folder = {s: names[s].folder if names[s] else s for s in found}
     results = {folder[s]: found[s] for s in sorted(found)}
-    path = out_dir / "knowledge_probe.md"
-    path.write_text(probe_markdown(results, dataset, {folder[s] for s in rebuilt}) + "\n")
-    return path
+    text = probe_markdown(results, dataset, {folder[s] for s in rebuilt}) if found else ""
+    return _write_if(out_dir / "knowledge_probe.md", text)
 
 
 def trained_sets(artifacts: Path | None) -> dict[str, set[str]]:

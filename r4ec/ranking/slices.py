@@ -1,8 +1,8 @@
 """The long tail, where the paper reports its strongest online gain, defined by traffic so that it is large enough to
 measure: the least-popular items (popularity = training-period samples: train and valid, which is carved from each
 user's training positions) that together receive `share` of the test samples, and likewise the users with the fewest
-training-period samples. On ml-100k at 20 % that is about a thousand
-items; the least-popular 20 % of items would hold only a few hundred test samples, too few to tell runs apart.
+training-period samples. On ml-100k at 20 % that is about a thousand items; the least-popular 20 % of items would
+hold only a few hundred test samples, too few to tell runs apart.
 
 A run's metrics on a slice come from its saved test predictions (`predictions.parquet`), so any slice can be
 recomputed from the runs without retraining."""
@@ -39,7 +39,8 @@ class Slice:
 
 
 def tail(train_counts: Counter, test_counts: Counter, share: float) -> set[str]:
-    """The least-popular entities (fewest training-period samples, ties by id as text) until they hold `share` of the test samples."""
+    """The least-popular entities (fewest training-period samples, ties by id as text) until they hold `share` of the
+    test samples."""
     wanted, held, chosen = share * sum(test_counts.values()), 0, set()
     for entity in sorted(test_counts, key=lambda e: (train_counts.get(e, 0), e)):
         if held >= wanted:

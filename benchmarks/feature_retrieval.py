@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import mark_complete, vectors_schema
+from r4ec.encoding import STAMP, mark_complete, vectors_schema, vectors_stamp
 from r4ec.features import store
 from r4ec.layout import MANIFEST, KnowledgeRun, knowledge_dir, vectors_dir
 
@@ -37,12 +37,15 @@ def random_vectors(settings: Settings, entity: str, first_seen: dict, seed: int)
     rows = [{f"{entity}_id": key, "event_timestamp": when, "vector": rng.standard_normal(384).astype(np.float32).tolist(),
              "quality": "parsed", "texts": 1, "encoder": "random"} for key, when in first_seen.items()]  # fmt: skip
     run = KnowledgeRun("iterative")
-    target = vectors_dir(settings, entity, run)
-    write_parquet(pa.Table.from_pylist(rows, schema=vectors_schema(entity)), target / "part-00000.parquet")
+    knowledge, target = knowledge_dir(settings, entity, run), vectors_dir(settings, entity, run)
+    # a knowledge part for the vectors to be stamped from: Feast reads a run's vectors only when they are its knowledge's
+    part = knowledge / "part-00000.parquet"
+    texts = [{f"{entity}_id": r[f"{entity}_id"], "text": "random vector"} for r in rows]
+    write_parquet(pa.Table.from_pylist(texts), part)
+    stamped = vectors_schema(entity).with_metadata({STAMP: vectors_stamp(part, "random").encode()})
+    write_parquet(pa.Table.from_pylist(rows, schema=stamped), target / "part-00000.parquet")
     mark_complete(target, entity, "random")
-    manifest = knowledge_dir(settings, entity, run) / MANIFEST  # what the run's knowledge was built from: nothing
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"strategy": "iterative", "model": None, "inputs": "random vectors"}))
+    (knowledge / MANIFEST).write_text(json.dumps({"strategy": "iterative", "model": None, "inputs": "random vectors"}))
 
 
 def asof_join(settings: Settings) -> tuple[int, float]:

@@ -319,10 +319,12 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     axes.set_xticks(range(len(backbones)), [NAMES.get(b, b) for b in backbones])
     axes.set_ylabel("test AUC")
     axes.set_title(title)
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(variants) + 1, frameon=False)
+    # below the axes, three to a row: on one row, eight long labels ran off both edges
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=min(3, len(variants) + 1),
+                frameon=False)  # fmt: skip
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

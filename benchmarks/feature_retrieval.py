@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import STAMP, mark_complete, vectors_schema, vectors_stamp
+from r4ec.encoding import mark_complete, vectors_schema, vectors_stamp
 from r4ec.features import store
 from r4ec.layout import MANIFEST, KnowledgeRun, knowledge_dir, vectors_dir
 
@@ -42,8 +42,8 @@ def random_vectors(settings: Settings, entity: str, first_seen: dict, seed: int)
     part = knowledge / "part-00000.parquet"
     texts = [{f"{entity}_id": r[f"{entity}_id"], "text": "random vector"} for r in rows]
     write_parquet(pa.Table.from_pylist(texts), part)
-    stamped = vectors_schema(entity).with_metadata({STAMP: vectors_stamp(part, "random").encode()})
-    write_parquet(pa.Table.from_pylist(rows, schema=stamped), target / "part-00000.parquet")
+    write_parquet(pa.Table.from_pylist(rows, schema=vectors_schema(entity, vectors_stamp(part, "random"))),
+                  target / "part-00000.parquet")  # fmt: skip
     mark_complete(target, entity, "random")
     (knowledge / MANIFEST).write_text(json.dumps({"strategy": "iterative", "model": None, "inputs": "random vectors"}))
 

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 STAMP = b"r4ec.vectors"  # parquet metadata key: what a vectors part was made from
 
 
-def vectors_schema(entity: str) -> pa.Schema:
-    return pa.schema(
+def vectors_schema(entity: str, stamp: str | None = None) -> pa.Schema:
+    """A vectors part's columns; with `stamp` (`vectors_stamp`), what the part was made from, in its metadata."""
+    schema = pa.schema(
         [
             pa.field(f"{entity}_id", pa.string(), nullable=False),
             pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -39,6 +40,7 @@ def vectors_schema(entity: str) -> pa.Schema:
             pa.field("encoder", pa.string()),  # name@sha256 of the encoder's files
         ]
     )
+    return schema if stamp is None else schema.with_metadata({STAMP: stamp.encode()})
 
 
 def vectors_stamp(knowledge_part: Path, encoder: str) -> str:
@@ -75,7 +77,7 @@ def encode_part(spec: dict) -> dict:
              "quality": r["quality"], "texts": len(g), "encoder": encoder.identity}  # fmt: skip
             for r, g, v in zip(rows, groups, vectors)
         ],
-        schema=vectors_schema(entity).with_metadata({STAMP: spec["stamp"].encode()}),
+        schema=vectors_schema(entity, spec["stamp"]),
     )
     write_parquet(table, Path(spec["target"]))
     return {"rows": len(rows), "encoded": encoder.encoded - before}

@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 from r4ec import layout
 from r4ec.config import Settings
 from r4ec.data.tables import write_parquet
-from r4ec.encoding import STAMP, mark_complete, vectors_schema, vectors_stamp
+from r4ec.encoding import mark_complete, vectors_schema, vectors_stamp
 from r4ec.layout import KnowledgeRun
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
@@ -99,7 +99,7 @@ def write_vectors(settings: Settings, entity: str, knowledge: str, part: int, ro
     table = pa.Table.from_pylist(
         [{f"{entity}_id": i, "event_timestamp": t, "vector": [fill] * 4, "quality": "parsed", "texts": 1,
           "encoder": "test"} for i, t, fill in rows],
-        schema=vectors_schema(entity).with_metadata({STAMP: vectors_stamp(source, "test").encode()}),
+        schema=vectors_schema(entity, vectors_stamp(source, "test")),
     )  # fmt: skip
     target = layout.vectors_dir(settings, entity, run)
     write_parquet(table, target / layout.part_name(part))

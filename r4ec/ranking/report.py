@@ -408,8 +408,9 @@ def write_probe(training_dir: Path | None, out_dir: Path, dataset: str, artifact
     found = {p.stem: probe_training_set(p, cache) for p in sets}
     trained = trained_sets(artifacts)
     rebuilt = {p.stem for p in sets if p.stem in trained and training_set_stamp(p) not in trained[p.stem]}
+    here_names = {p.stem for p in here}  # a set here without vectors is not probed, nor replaced by a kept result
     for service, stamps in trained.items():
-        if service not in found and service not in {p.stem for p in here}:
+        if service not in here_names:
             kept = [r for r in (kept_result(cache, service, stamp) for stamp in sorted(stamps)) if r is not None]
             if kept:
                 found[service] = kept[0]
